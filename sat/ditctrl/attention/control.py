@@ -1,0 +1,55 @@
+"""Attention controllers: the runtime seam DiTCtrl swaps into every full-attention layer.
+
+The DiT applies the per-head QK LayerNorm and hands the controller q, k, v of shape
+(B, heads, N, head_dim) with the text tokens first. The controller returns the attention output
+of the same shape. The sampler tells the controller where it is with `begin_forward(step, pair)`
+before each DiT forward, so step and layer are explicit arguments rather than counters that
+could drift.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from .kernels import attention
+
+
+@dataclass(frozen=True)
+class ControlSchedule:
+    """Which (denoising step, layer) pairs an attention controller acts on."""
+    steps: frozenset
+    layers: frozenset
+
+    @classmethod
+    def from_args(cls, args) -> "ControlSchedule":
+        """Explicit `step_idx` / `layer_idx` lists win over the half-open start/end ranges."""
+        steps = args.step_idx if args.step_idx is not None else range(args.start_step, args.end_step)
+        layers = args.layer_idx if args.layer_idx is not None else range(args.start_layer, args.end_layer)
+        return cls(frozenset(int(s) for s in steps), frozenset(int(l) for l in layers))
+
+    def active(self, step, layer: int) -> bool:
+        return step is not None and step in self.steps and layer in self.layers
+
+
+class AttentionController:
+    """Plain joint text-video attention (the original's `BaseAdaLNMixin`)."""
+
+    def __init__(self, schedule: ControlSchedule | None = None):
+        self.schedule = schedule or ControlSchedule(frozenset(), frozenset())
+        self.step = None
+        self.pair = None
+
+    def begin_forward(self, step=None, pair=None) -> None:
+        self.step, self.pair = step, pair
+
+    def active(self, layer: int) -> bool:
+        return self.schedule.active(self.step, layer)
+
+    def __call__(self, q, k, v, layer: int, text_length: int) -> torch.Tensor:
+        return attention(q, k, v)
+
+
+def split_branches(t: torch.Tensor):
+    """Split a (4·n, ...) batch into its (u_source, u_target, c_source, c_target) quarters."""
+    if t.shape[0] % 4:
+        raise ValueError(f"attention control needs a batch of source/target pairs with CFG (a multiple of 4 rows), got {t.shape[0]}")
+    return t.chunk(4)

@@ -1,0 +1,24 @@
+"""KV-sharing (the original's `KVSharingAdaLNMixin`, ditctrl.md §4.3)."""
+import torch
+
+from .control import AttentionController, split_branches
+from .kernels import attention
+
+
+def source_rows(t: torch.Tensor) -> torch.Tensor:
+    """Replace each target quarter by its source: (u_s, u_t, c_s, c_t) -> (u_s, u_s, c_s, c_s)."""
+    u_s, _, c_s, _ = split_branches(t)
+    return torch.cat([u_s, u_s, c_s, c_s])
+
+
+class KVSharing(AttentionController):
+    """In controlled steps and layers the target rows attend to the source rows' keys and values.
+
+    Source rows keep ordinary attention, so one batched call with the keys/values of each target
+    row swapped for its source's gives exactly the four per-branch attentions of the original.
+    """
+
+    def __call__(self, q, k, v, layer: int, text_length: int) -> torch.Tensor:
+        if not self.active(layer):
+            return attention(q, k, v)
+        return attention(q, source_rows(k), source_rows(v))

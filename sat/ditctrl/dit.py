@@ -1,0 +1,200 @@
+"""CogVideoX-2B diffusion transformer as a SwissArmyTransformer `BaseModel` (cogvideox.md §2).
+
+Mixins, added in the original's order and under the original's names so that checkpoint keys
+match (`mixins.pos_embed.*`, `mixins.patch_embed.*`, `mixins.adaln_layer.*`, `mixins.final_layer.*`):
+
+- `PositionEmbedding3DMixin`: the fixed 3-D sin-cos table, added to the text+video sequence;
+- `PatchEmbeddingMixin`: 2×2 latent patches -> tokens, T5 features -> text tokens;
+- `AdaLNMixin`: the whole CogVideoX block (adaLN-modulated LayerNorms, joint attention with
+  per-head QK LayerNorm, MLP). Its attention goes through an exchangeable `AttentionController`;
+- `FinalLayerMixin`: adaLN final norm, projection, unpatchify.
+"""
+import math
+from argparse import Namespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from sat.model.base_model import BaseMixin, BaseModel
+
+from .attention import AttentionController
+from .position_embedding import sincos_3d
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) DDPM timesteps -> (B, dim) fp32 sinusoidal embedding, cosine half first."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (B, n, d) * (1 + scale) + shift, with (B, d) shift/scale broadcast over tokens."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+class PositionEmbedding3DMixin(BaseMixin):
+    def __init__(self, hidden_size, text_length, frames, height, width, spatial_interpolation, temporal_interpolation):
+        super().__init__()
+        self.text_length, self.grid = text_length, (frames, height, width)
+        table = sincos_3d(hidden_size, frames, height, width, spatial_interpolation, temporal_interpolation)
+        text_rows = torch.zeros(text_length, hidden_size, device=table.device)
+        self.register_buffer("pos_embedding", torch.cat([text_rows, table])[None])  # (1, text + F·h·w, d)
+
+    def position_embedding_forward(self, position_ids, **kw):
+        frames, height, width = kw["token_grid"]
+        if frames > self.grid[0] or (height, width) != self.grid[1:]:
+            raise ValueError(f"latent token grid {frames}x{height}x{width} does not fit the position table "
+                             f"{self.grid[0]}x{self.grid[1]}x{self.grid[2]} this model was configured for")
+        return self.pos_embedding[:, : self.text_length + frames * height * width]
+
+
+class PatchEmbeddingMixin(BaseMixin):
+    def __init__(self, in_channels, hidden_size, patch_size, text_hidden_size):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.text_proj = nn.Linear(text_hidden_size, hidden_size)
+
+    def word_embedding_forward(self, input_ids, **kw):
+        x = kw["latents"]  # (B, T, C, H, W)
+        batch, frames = x.shape[:2]
+        patches = self.proj(x.flatten(0, 1))  # (B·T, d, h, w)
+        video = patches.flatten(2).transpose(1, 2).reshape(batch, -1, patches.shape[1])  # (B, T·h·w, d)
+        text = self.text_proj(kw["context"])  # (B, L, d)
+        return torch.cat([text, video], dim=1)
+
+
+class AdaLNMixin(BaseMixin):
+    """The CogVideoX transformer block; attention is delegated to `self.controller`."""
+
+    def __init__(self, num_layers, hidden_size, num_heads, time_embed_dim, elementwise_affine=True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.adaLN_modulations = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Linear(time_embed_dim, 12 * hidden_size)) for _ in range(num_layers))
+        head_dim = hidden_size // num_heads
+        self.query_layernorm_list = nn.ModuleList(
+            nn.LayerNorm(head_dim, eps=1e-6, elementwise_affine=elementwise_affine) for _ in range(num_layers))
+        self.key_layernorm_list = nn.ModuleList(
+            nn.LayerNorm(head_dim, eps=1e-6, elementwise_affine=elementwise_affine) for _ in range(num_layers))
+        self.controller = AttentionController()
+
+    def layer_forward(self, hidden_states, mask, *args, **kw):
+        index = int(kw["layer_id"])
+        layer = self.transformer.layers[index]
+        text_length = kw["context"].shape[1]
+        (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
+         t_shift_msa, t_scale_msa, t_gate_msa, t_shift_mlp, t_scale_mlp, t_gate_mlp) = \
+            self.adaLN_modulations[index](kw["emb"]).chunk(12, dim=1)
+
+        text, video = hidden_states[:, :text_length], hidden_states[:, text_length:]
+        ln1 = layer.input_layernorm
+        normed = torch.cat([
+            modulate(F.layer_norm(text, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps), t_shift_msa, t_scale_msa),
+            modulate(F.layer_norm(video, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps), shift_msa, scale_msa),
+        ], dim=1)
+        attended = self.attention(normed, layer.attention, index, text_length)
+        text = text + t_gate_msa.unsqueeze(1) * attended[:, :text_length]
+        video = video + gate_msa.unsqueeze(1) * attended[:, text_length:]
+
+        ln2 = layer.post_attention_layernorm
+        normed = torch.cat([
+            modulate(F.layer_norm(text, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps), t_shift_mlp, t_scale_mlp),
+            modulate(F.layer_norm(video, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps), shift_mlp, scale_mlp),
+        ], dim=1)
+        mlp = layer.mlp
+        out = F.linear(F.gelu(F.linear(normed, mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias), approximate="tanh"),
+                       mlp.dense_4h_to_h.weight, mlp.dense_4h_to_h.bias)
+        text = text + t_gate_mlp.unsqueeze(1) * out[:, :text_length]
+        video = video + gate_mlp.unsqueeze(1) * out[:, text_length:]
+        return torch.cat([text, video], dim=1)
+
+    def attention(self, x, attention_module, index, text_length):
+        """Joint attention of one layer: QKV projection, per-head QK LayerNorm, controller, output projection."""
+        batch, length, width = x.shape
+        qkv = F.linear(x, attention_module.query_key_value.weight, attention_module.query_key_value.bias)
+        q, k, v = qkv.view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # each (B, heads, N, d_head)
+        q = self.query_layernorm_list[index](q)
+        k = self.key_layernorm_list[index](k)
+        out = self.controller(q, k, v, index, text_length)  # (B, heads, N, d_head)
+        out = out.transpose(1, 2).reshape(batch, length, width)
+        return F.linear(out, attention_module.dense.weight, attention_module.dense.bias)
+
+
+class FinalLayerMixin(BaseMixin):
+    def __init__(self, hidden_size, time_embed_dim, patch_size, out_channels, elementwise_affine=True):
+        super().__init__()
+        self.patch_size, self.out_channels = patch_size, out_channels
+        self.norm_final = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=elementwise_affine)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(time_embed_dim, 2 * hidden_size))
+
+    def final_forward(self, logits, **kw):
+        frames, height, width = kw["token_grid"]
+        video = logits[:, kw["context"].shape[1]:]
+        shift, scale = self.adaLN_modulation(kw["emb"]).chunk(2, dim=1)
+        video = self.linear(modulate(self.norm_final(video), shift, scale))  # (B, T·h·w, c·p·p)
+        p, c = self.patch_size, self.out_channels
+        video = video.view(-1, frames, height, width, c, p, p)
+        return video.permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, frames, c, height * p, width * p)
+
+
+class DiffusionTransformer(BaseModel):
+    """v-prediction DiT: forward(latents (B,T,C,H,W), timesteps (B,), context (B,L,D)) -> (B,T,C,H,W)."""
+
+    def __init__(self, *, num_layers, hidden_size, num_attention_heads, time_embed_dim, text_hidden_size,
+                 text_length=226, in_channels=16, out_channels=16, patch_size=2, latent_height=60,
+                 latent_width=90, num_frames=49, time_compressed_rate=4, spatial_interpolation=1.875,
+                 temporal_interpolation=1.0, elementwise_affine=True, dtype="fp32", skip_init=False,
+                 use_gpu_initialization=False):
+        transformer_args = Namespace(
+            num_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
+            vocab_size=1, max_sequence_length=64, layernorm_order="pre", skip_init=skip_init,
+            model_parallel_size=1, is_decoder=False, checkpoint_activations=False)
+        if use_gpu_initialization:
+            transformer_args.use_gpu_initialization = True
+        super().__init__(transformer_args)
+        # The embeddings SAT builds by default are replaced by the mixins below (no such checkpoint keys).
+        del self.transformer.word_embeddings, self.transformer.position_embeddings
+
+        self.hidden_size, self.patch_size, self.dtype_name = hidden_size, patch_size, dtype
+        latent_frames = (num_frames - 1) // time_compressed_rate + 1
+        self.time_embed = nn.Sequential(
+            nn.Linear(hidden_size, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
+        self.add_mixin("pos_embed", PositionEmbedding3DMixin(
+            hidden_size, text_length, latent_frames, latent_height // patch_size, latent_width // patch_size,
+            spatial_interpolation, temporal_interpolation))
+        self.add_mixin("patch_embed", PatchEmbeddingMixin(in_channels, hidden_size, patch_size, text_hidden_size))
+        self.add_mixin("adaln_layer", AdaLNMixin(num_layers, hidden_size, num_attention_heads, time_embed_dim,
+                                                 elementwise_affine))
+        self.add_mixin("final_layer", FinalLayerMixin(hidden_size, time_embed_dim, patch_size, in_channels,
+                                                      elementwise_affine))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.transformer.layers)
+
+    @property
+    def controller(self) -> AttentionController:
+        return self.mixins["adaln_layer"].controller
+
+    def set_controller(self, controller: AttentionController) -> None:
+        """Swap the attention controller of every layer; the weights stay where they are."""
+        self.mixins["adaln_layer"].controller = controller
+
+    def forward(self, latents, timesteps, context, step=None, pair=None):
+        """`step` (sampler iteration) and `pair` (window pair) tell the controller where it is."""
+        dtype = self.transformer.final_layernorm.weight.dtype
+        batch, frames, _, height, width = latents.shape
+        emb = self.time_embed(timestep_embedding(timesteps, self.hidden_size).to(dtype))
+        ones = torch.ones(1, 1, device=latents.device, dtype=dtype)
+        self.controller.begin_forward(step, pair)
+        out = super().forward(
+            input_ids=ones, position_ids=ones, attention_mask=ones,
+            latents=latents.to(dtype).contiguous(), context=context.to(dtype), emb=emb,
+            token_grid=(frames, height // self.patch_size, width // self.patch_size))
+        return out[0]

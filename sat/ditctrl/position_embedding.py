@@ -1,0 +1,33 @@
+"""Fixed 3-D sin-cos position table of CogVideoX-2B (cogvideox.md §2.5)."""
+import numpy as np
+import torch
+
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """(len(positions), dim) table: sin half first, then cos, frequencies 1/10000^(k/(dim/2)) in float64."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    angles = np.outer(positions.reshape(-1).astype(np.float64), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def sincos_3d(hidden_size: int, frames: int, height: int, width: int,
+              spatial_interpolation: float, temporal_interpolation: float = 1.0) -> torch.Tensor:
+    """(frames*height*width, hidden_size) float32 table, rows ordered (frame, row, column).
+
+    A quarter of the channels encode time; the rest split evenly between the column coordinate
+    (first) and the row coordinate (second), exactly as the original.
+    """
+    time_dim, space_dim = hidden_size // 4, hidden_size * 3 // 4
+    cols = np.arange(width, dtype=np.float32) / np.float32(spatial_interpolation)
+    rows = np.arange(height, dtype=np.float32) / np.float32(spatial_interpolation)
+    times = np.arange(frames, dtype=np.float32) / np.float32(temporal_interpolation)
+
+    grid_cols, grid_rows = np.meshgrid(cols, rows)  # each (height, width)
+    spatial = np.concatenate([sincos_1d(space_dim // 2, grid_cols), sincos_1d(space_dim // 2, grid_rows)], axis=1)
+    temporal = sincos_1d(time_dim, times)  # (frames, time_dim)
+
+    table = np.concatenate([
+        np.repeat(temporal[:, None, :], height * width, axis=1),
+        np.repeat(spatial[None, :, :], frames, axis=0),
+    ], axis=-1)  # (frames, height*width, hidden_size)
+    return torch.from_numpy(table.reshape(-1, hidden_size)).float()
