@@ -6,21 +6,10 @@ from diffusers import CogVideoXTransformer3DModel
 from ditctrl.dit import DiffusionTransformer, timestep_embedding
 from ditctrl.position_embedding import sincos_3d
 from diffusers_transformer_reference import sat_to_diffusers
+from tiny_models import randomize
 
 SMALL = dict(num_layers=2, hidden_size=256, num_attention_heads=4, time_embed_dim=128, text_hidden_size=64,
              text_length=7, latent_height=8, latent_width=12, num_frames=9)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial weights everywhere: norm scales near 1, everything else (adaLN included) random."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layernorm" in name or "norm_final" in name:
-                p.copy_((1 + 0.1 * torch.randn(p.shape, generator=gen)) if name.endswith("weight")
-                        else 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,355 @@
+"""Run configuration: merge YAML files and overrides, check every `args` key, prepare the output folder.
+
+Merge order, lowest first: ``configs/inference.yaml`` (the default of every `args` key), each
+``--base`` file, the ``--custom-config`` case file, then ``key=value`` overrides. Mappings merge
+deeply; lists and scalars replace. The set of `args` keys and each key's type come from
+inference.yaml; only keys whose default does not show their type are declared here.
+"""
+import argparse
+import difflib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+INFERENCE_CONFIG = os.path.join(CONFIG_DIR, "inference.yaml")
+MODEL_CONFIG = os.path.join(CONFIG_DIR, "cogvideox_2b.yaml")
+TINY_MODEL_CONFIG = os.path.join(CONFIG_DIR, "cogvideox_tiny.yaml")
+
+SECTIONS = ("args", "model")
+CONTROLLER_NAMES = (
+    "BaseAdaLNMixin",
+    "KVSharingAdaLNMixin",
+    "KVSharingMaskGuidedAdaLNMixin",
+    "ReWeightAdaLNMixin",
+    "VisualizeAdaLNMixin",
+)
+PARAMS_FILE = "params.yaml"
+CLI_SOURCE = "command line"
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, described in one line."""
+
+
+class _Rejected(Exception):
+    """Raised by `ArgType.normalise` for a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class ArgType:
+    """The values one `args` key accepts."""
+
+    description: str  # completes "args.<key> must be ...", e.g. "a list of ints"
+    normalise: Callable[[Any], Any]  # accepted value -> canonical value; raises _Rejected otherwise
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _accepting(test: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda value: value):
+    def normalise(value):
+        if not test(value):
+            raise _Rejected
+        return convert(value)
+
+    return normalise
+
+
+def _list_of(item: ArgType, description: str) -> ArgType:
+    def normalise(value):
+        if not isinstance(value, list):
+            raise _Rejected
+        return [item.normalise(element) for element in value]
+
+    return ArgType(description, normalise)
+
+
+def _optional(kind: ArgType) -> ArgType:
+    return ArgType(f"null or {kind.description}", lambda value: None if value is None else kind.normalise(value))
+
+
+BOOL = ArgType("a bool", _accepting(lambda value: isinstance(value, bool)))
+INT = ArgType("an int", _accepting(_is_int))
+FLOAT = ArgType("a number", _accepting(lambda value: _is_int(value) or isinstance(value, float), float))
+STR = ArgType("a string", _accepting(lambda value: isinstance(value, str)))
+INT_LIST = _list_of(INT, "a list of ints")
+STR_LIST = _list_of(STR, "a list of strings")
+# A bare int stands for a one-element list.
+TOKEN_LIST = ArgType("an int or a list of ints", lambda value: INT_LIST.normalise([value] if _is_int(value) else value))
+INT_OR_INT_LIST = ArgType(
+    "an int or a list of ints", lambda value: value if _is_int(value) else INT_LIST.normalise(value)
+)
+
+# Keys whose inference.yaml default is null or does not show the type.
+_DECLARED_TYPES = {
+    "load": _optional(STR),  # null: no transformer checkpoint to load
+    "layer_idx": _optional(INT_LIST),
+    "step_idx": _optional(INT_LIST),
+    "ref_token_idx": TOKEN_LIST,
+    "cur_token_idx": TOKEN_LIST,
+    "reweight_token_idx": INT_OR_INT_LIST,
+    "reweight_scale": FLOAT,  # the default -5 reads as an int; cases use 0.5
+    "prompts": _optional(STR_LIST),  # null until a case file or --prompts gives them
+}
+_SCALAR_TYPES = {bool: BOOL, int: INT, float: FLOAT, str: STR}
+_LIST_TYPES = {int: INT_LIST, str: STR_LIST}
+
+
+def _type_from_default(key: str, default) -> ArgType:
+    if type(default) in _SCALAR_TYPES:
+        return _SCALAR_TYPES[type(default)]
+    if isinstance(default, list) and len({type(item) for item in default}) == 1 and type(default[0]) in _LIST_TYPES:
+        return _LIST_TYPES[type(default[0])]
+    raise ConfigError(f"cannot tell the type of args.{key} from its default {default!r} in {INFERENCE_CONFIG}")
+
+
+@cache
+def argument_schema() -> dict[str, ArgType]:
+    """Every `args` key, in inference.yaml's order, with the type it accepts."""
+    defaults = OmegaConf.to_container(_read_yaml(INFERENCE_CONFIG).args)
+    return {key: _DECLARED_TYPES.get(key) or _type_from_default(key, value) for key, value in defaults.items()}
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
+
+
+def _suggestion(word: str, choices: Iterable[str], otherwise: str = "") -> str:
+    matches = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean '{matches[0]}'?" if matches else otherwise
+
+
+def _read_yaml(path: str):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException) as error:
+        raise ConfigError(f"cannot parse {path}: {_first_line(error)}") from error
+
+
+def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except (yaml.YAMLError, OmegaConfBaseException) as error:
+        raise ConfigError(f"cannot parse the {CLI_SOURCE} overrides: {_first_line(error)}") from error
+
+
+def _section(config: DictConfig, name: str, source: str) -> DictConfig:
+    section = config.get(name)
+    if section is None:
+        return OmegaConf.create()
+    if not isinstance(section, DictConfig):
+        raise ConfigError(f"section '{name}' in {source} must be a mapping, got {section!r}")
+    return section
+
+
+def _checked_args(section: DictConfig, source: str) -> dict:
+    """The section's values, each checked against the schema and normalised."""
+    try:
+        values = OmegaConf.to_container(section, resolve=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"cannot resolve the args of {source}: {_first_line(error)}") from error
+    schema = argument_schema()
+    checked = {}
+    for key, value in values.items():
+        if key not in schema:
+            raise ConfigError(f"unknown key '{key}' in {source} (args){_suggestion(str(key), schema)}")
+        try:
+            checked[key] = schema[key].normalise(value)
+        except _Rejected:
+            raise ConfigError(
+                f"args.{key} must be {schema[key].description}, got {value!r} ({type(value).__name__}) in {source}"
+            ) from None
+    return checked
+
+
+def _split_source(config, source: str) -> tuple[DictConfig, dict]:
+    """One source's `model` section and its checked `args`."""
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{source} must be a mapping with the sections {', '.join(SECTIONS)}")
+    for name in config:
+        if name not in SECTIONS:
+            hint = f"; did you mean 'args.{name}'?" if name in argument_schema() else _suggestion(name, SECTIONS)
+            raise ConfigError(f"unknown section '{name}' in {source}{hint} (allowed: {', '.join(SECTIONS)})")
+    return _section(config, "model", source), _checked_args(_section(config, "args", source), source)
+
+
+def load_config(base_paths: Sequence[str], custom_path: str | None = None, overrides: Iterable[str] = ()) -> DictConfig:
+    """Merge inference.yaml, the base files, the case file and dotted overrides into a checked config.
+
+    The result has the sections `model` and `args`; `args` holds every schema key.
+    """
+    paths = [INFERENCE_CONFIG, *base_paths, *([custom_path] if custom_path is not None else [])]
+    sources = [_split_source(_read_yaml(path), path) for path in paths]
+    sources.append(_split_source(_parse_overrides(overrides), CLI_SOURCE))
+    args = {}
+    for _, source_args in sources:
+        args.update(source_args)
+    validate_args(args)
+    return OmegaConf.create({"model": OmegaConf.merge(*(model for model, _ in sources)), "args": args})
+
+
+def _require(condition, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _index_list(values) -> list[int]:
+    """None, an int or a list of ints, as a list."""
+    if values is None:
+        return []
+    return [values] if _is_int(values) else list(values)
+
+
+def check_index_range(name: str, values, upper: int | None = None) -> None:
+    """Check that every index in `args.<name>` (None, an int or a list) lies in [0, upper)."""
+    allowed = "0 or more" if upper is None else f"0..{upper - 1}"
+    for value in _index_list(values):
+        _require(0 <= value and (upper is None or value < upper), f"args.{name} contains {value}; allowed: {allowed}")
+
+
+def _check_prompts(prompts, single_prompt_length: int) -> None:
+    _require(prompts, "args.prompts is not set: give a list of prompts in the case file or with --prompts")
+    for index, prompt in enumerate(prompts):
+        _require(prompt.strip(), f"args.prompts[{index}] is empty")
+    if single_prompt_length > 0:
+        _require(
+            len(prompts) == 1,
+            f"args.single_prompt_length ({single_prompt_length}) > 0 needs exactly one prompt, got {len(prompts)}",
+        )
+
+
+def _check_controllers(names) -> None:
+    _require(names, "args.adaln_mixin_names is empty: name at least one controller")
+    for name in names:
+        _require(
+            name in CONTROLLER_NAMES,
+            f"unknown controller '{name}' in args.adaln_mixin_names"
+            + _suggestion(name, CONTROLLER_NAMES, otherwise=f"; choices: {', '.join(CONTROLLER_NAMES)}"),
+        )
+
+
+def validate_args(args: Mapping) -> None:
+    """Check the `args` values that need no model; raise ConfigError on the first problem.
+
+    Index ranges that depend on the model depth or the step count are checked by the caller with
+    `check_index_range`.
+    """
+    for key in ("seed", "latent_channels", "sampling_num_frames", "sampling_fps"):
+        _require(args[key] > 0, f"args.{key} must be > 0, got {args[key]}")
+    for key in ("start_step", "start_layer", "overlap_size", "num_transition_blocks", "longer_mid_segment",
+                "single_prompt_length", "reweight_kv_switch_step"):
+        _require(args[key] >= 0, f"args.{key} must be >= 0, got {args[key]}")
+    overlap, tile = args["overlap_size"], args["sampling_num_frames"]
+    _require(overlap < tile, f"overlap_size ({overlap}) must be smaller than the tile sampling_num_frames ({tile})")
+    _require(0 <= args["thres"] <= 1, f"args.thres must lie in [0, 1], got {args['thres']}")
+    for counter in ("step", "layer"):
+        start, end = args[f"start_{counter}"], args[f"end_{counter}"]
+        _require(start < end, f"args.start_{counter} ({start}) must be smaller than args.end_{counter} ({end})")
+    for key in ("layer_idx", "step_idx", "attn_map_step_idx", "attn_map_layer_idx", "ref_token_idx", "cur_token_idx",
+                "reweight_token_idx"):
+        check_index_range(key, args[key])
+    _require(not (args["fp16"] and args["bf16"]), "args.fp16 and args.bf16 are both True; choose one")
+    _require(
+        _DEVICE_PATTERN.fullmatch(args["device"]),
+        f"args.device must be auto, cpu, cuda or cuda:<index>, got '{args['device']}'",
+    )
+    _check_prompts(args["prompts"], args["single_prompt_length"])
+    _check_controllers(args["adaln_mixin_names"])
+
+
+def resolve_device(name: str) -> str:
+    """The torch device for `args.device`: 'auto' is cuda when available, else cpu."""
+    cuda_available = torch.cuda.is_available()
+    if name == "auto":
+        return "cuda" if cuda_available else "cpu"
+    _require(
+        cuda_available or not name.startswith("cuda"),
+        f"args.device is '{name}' but CUDA is not available; use auto or cpu",
+    )
+    return name
+
+
+def expand_prompts(args: Mapping) -> list[str]:
+    """The prompt of every scene: the single prompt repeated when `single_prompt_length` > 0.
+
+    `args` must have passed `validate_args` (load_config does this).
+    """
+    prompts = list(args["prompts"])
+    return prompts * args["single_prompt_length"] if args["single_prompt_length"] > 0 else prompts
+
+
+def prepare_output_dir(output_dir: str, planned_files: Iterable[str]) -> list[str]:
+    """Create `output_dir`, prove it writable, and return the planned files that already exist.
+
+    `planned_files` are paths relative to `output_dir` (params.yaml excluded: see
+    `write_resolved_config`).
+    """
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_probe"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"output_dir '{output_dir}' is not writable: {error.strerror}") from error
+    planned_paths = (os.path.join(output_dir, name) for name in planned_files)
+    return [path for path in planned_paths if os.path.exists(path)]
+
+
+def announce_overwrites(paths: Iterable[str]) -> None:
+    """Print one line for each existing file a run is about to replace."""
+    for path in paths:
+        print(f"overwriting existing {path}")
+
+
+def write_resolved_config(cfg: DictConfig, output_dir: str) -> str:
+    """Write the whole resolved config to `output_dir/params.yaml`; return that path.
+
+    `output_dir` must exist (see `prepare_output_dir`). The file is a valid config file:
+    `load_config([path])` gives back an equal config.
+    """
+    path = os.path.join(output_dir, PARAMS_FILE)
+    if os.path.exists(path):
+        announce_overwrites([path])
+    OmegaConf.save(cfg, path, resolve=True)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="DiTCtrl run configuration.",
+        epilog="Overrides are dotted keys such as args.seed=3 or model.scale_factor=1.0; "
+        "place them before the options or after '--'.",
+    )
+    parser.add_argument("--base", nargs="+", default=[MODEL_CONFIG], metavar="YAML",
+                        help="base config files, merged left to right over configs/inference.yaml")
+    parser.add_argument("--custom-config", metavar="CASE_YAML", help="case file merged over the base files")
+    parser.add_argument("--tiny", action="store_true",
+                        help="append the tiny model config and its overrides to the base files (smoke runs)")
+    parser.add_argument("--prompts", nargs="+", metavar="PROMPT",
+                        help="prompts, one argument each; replace args.prompts")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, applied last")
+    return parser
+
+
+def parse_cli(argv: Sequence[str] | None = None) -> DictConfig:
+    """Parse the command line and return the resolved, checked config."""
+    options = build_parser().parse_args(argv)
+    base_paths = [*options.base, *([TINY_MODEL_CONFIG] if options.tiny else [])]
+    overrides = list(options.overrides)
+    if options.prompts:
+        # JSON is valid YAML flow syntax, so each prompt survives commas, colons and quotes.
+        overrides.append(f"args.prompts={json.dumps(options.prompts)}")
+    return load_config(base_paths, options.custom_config, overrides)
