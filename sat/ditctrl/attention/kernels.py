@@ -32,3 +32,31 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None)
     guard = sdpa_kernel(_backend) if _backend is not None and attn_mask is None else contextlib.nullcontext()
     with guard:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Attention output plus the softmax log-normaliser: ((B, heads, Nq, d), (B, heads, Nq) fp32 logsumexp).
+
+    The log-sum-exp comes out of the fused kernel itself, so attention maps restricted to a few
+    columns cost almost nothing on top (see `probabilities`): no Nq×Nk tensor is ever built.
+    """
+    scale = q.shape[-1] ** -0.5
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
+    elif q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
+                                                                          scale=scale)[:2]
+    return out, lse[..., : q.shape[2]].float()
+
+
+def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, queries, keys) -> torch.Tensor:
+    """Softmax attention probabilities of selected queries over selected keys, fp32 (B, heads, nq, nk).
+
+    Normalised over ALL keys through `lse` (from `attention_with_lse`), so they equal the entries
+    of the full softmax(q kᵀ/√d) map. `queries` / `keys` index the sequence axis (slice, list or tensor).
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = q[:, :, queries].float() @ k[:, :, keys].float().transpose(-1, -2)
+    return torch.exp(scores * scale - lse[:, :, queries, None])
