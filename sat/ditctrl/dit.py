@@ -192,9 +192,9 @@ class DiffusionTransformer(BaseModel):
         batch, frames, _, height, width = latents.shape
         emb = self.time_embed(timestep_embedding(timesteps, self.hidden_size).to(dtype))
         ones = torch.ones(1, 1, device=latents.device, dtype=dtype)
-        self.controller.begin_forward(step, pair)
+        token_grid = (frames, height // self.patch_size, width // self.patch_size)
+        self.controller.begin_forward(step, pair, token_grid)
         out = super().forward(
             input_ids=ones, position_ids=ones, attention_mask=ones,
-            latents=latents.to(dtype).contiguous(), context=context.to(dtype), emb=emb,
-            token_grid=(frames, height // self.patch_size, width // self.patch_size))
+            latents=latents.to(dtype).contiguous(), context=context.to(dtype), emb=emb, token_grid=token_grid)
         return out[0]

@@ -6,3 +6,10 @@ CONTROLLERS = {
     "BaseAdaLNMixin": AttentionController,
     "KVSharingAdaLNMixin": KVSharing,
 }
+
+
+def build_controller(name: str, args, output_dir: str) -> AttentionController:
+    """The controller registered under the original's mixin `name`, configured from the run's args."""
+    if name not in CONTROLLERS:
+        raise ValueError(f"unknown attention controller {name!r}; known: {sorted(CONTROLLERS)}")
+    return CONTROLLERS[name].from_args(args, output_dir)

@@ -2,9 +2,10 @@
 
 The DiT applies the per-head QK LayerNorm and hands the controller q, k, v of shape
 (B, heads, N, head_dim) with the text tokens first. The controller returns the attention output
-of the same shape. The sampler tells the controller where it is with `begin_forward(step, pair)`
-before each DiT forward, so step and layer are explicit arguments rather than counters that
-could drift.
+of the same shape. Before each DiT forward the model calls `begin_forward(step, pair, token_grid)`
+with the sampler iteration and window pair it was given, so step and layer are explicit
+arguments rather than counters that could drift. Video tokens follow the text tokens in
+(frame, row, column) order over `token_grid` = (frames, rows, columns).
 """
 from dataclasses import dataclass
 
@@ -35,11 +36,15 @@ class AttentionController:
 
     def __init__(self, schedule: ControlSchedule | None = None):
         self.schedule = schedule or ControlSchedule(frozenset(), frozenset())
-        self.step = None
-        self.pair = None
+        self.step = self.pair = self.token_grid = None
 
-    def begin_forward(self, step=None, pair=None) -> None:
-        self.step, self.pair = step, pair
+    @classmethod
+    def from_args(cls, args, output_dir: str) -> "AttentionController":
+        """Build from the run's resolved `args`; controllers that save files do so under `output_dir`."""
+        return cls(ControlSchedule.from_args(args))
+
+    def begin_forward(self, step=None, pair=None, token_grid=None) -> None:
+        self.step, self.pair, self.token_grid = step, pair, token_grid
 
     def active(self, layer: int) -> bool:
         return self.schedule.active(self.step, layer)
