@@ -1,0 +1,211 @@
+"""Writers of random-weight checkpoints in exactly the on-disk layouts of the real download.
+
+They let every loader and the whole pipeline run without the real CogVideoX-2B weights
+(cogvideox.md section 1): a SAT ``transformer`` folder, ``3d-vae.pt`` and a Hugging Face T5 folder
+whose tokenizer is a real SentencePiece model trained offline on ``assets/tokenizer_corpus.txt``.
+"""
+import dataclasses
+import io
+import itertools
+import json
+import os
+
+import sentencepiece
+import torch
+from safetensors.torch import save_file
+
+from ditctrl.checkpoints import DIT_FILE_NAME, DIT_PREFIX, POSITION_TABLE_KEY, T5_INDEX_NAME
+from ditctrl.text_encoder import T5_MAX_LENGTH
+
+TOKENIZER_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tokenizer_corpus.txt")
+SENTENCEPIECE_PIECES = 1000  # <pad>=0, </s>=1, <unk>=2, then 997 learned pieces
+T5_EXTRA_IDS = 100
+T5_SHARD_NAMES = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+
+
+def write_transformer_checkpoint(state_dict, folder, iteration=1000):
+    """Write ``<folder>/latest`` and ``<folder>/<iteration>/mp_rank_00_model_states.pt``; return the file path.
+
+    Like the released file: weights under ``'module'``, keys prefixed ``model.diffusion_model.``,
+    no fixed position table.
+    """
+    if iteration != "release" and not (isinstance(iteration, int) and iteration > 0):
+        raise ValueError(f"iteration must be an integer > 0 or 'release', got {iteration!r}")
+    weights = {DIT_PREFIX + key: value for key, value in state_dict.items() if key != POSITION_TABLE_KEY}
+    os.makedirs(os.path.join(folder, str(iteration)), exist_ok=True)
+    path = os.path.join(folder, str(iteration), DIT_FILE_NAME)
+    torch.save({"module": weights}, path)
+    with open(os.path.join(folder, "latest"), "w") as f:
+        f.write(str(iteration))
+    return path
+
+
+def write_vae_checkpoint(state_dict, path):
+    """Write ``3d-vae.pt``: weights under ``'state_dict'`` plus training-only ``loss.*`` tensors."""
+    training_only = {
+        "loss.logvar": torch.zeros(()),
+        "loss.discriminator.main.0.weight": torch.zeros(64, 3, 4, 4),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"state_dict": {**state_dict, **training_only}}, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Dims:
+    """Sizes of a T5 v1.1 encoder; t5-v1_1-xxl is (4096, 10240, 24, 64, 64, 32128)."""
+
+    d_model: int
+    d_ff: int
+    num_layers: int
+    num_heads: int
+    d_kv: int
+    vocab_size: int = 32128
+
+
+def _t5_tensor_specs(dims):
+    """(name, shape, init std or None for a norm weight of ones), in file order; HF T5's init scales."""
+    inner = dims.num_heads * dims.d_kv
+    yield "shared.weight", (dims.vocab_size, dims.d_model), 1.0
+    for k in range(dims.num_layers):
+        attention = f"encoder.block.{k}.layer.0"
+        yield f"{attention}.SelfAttention.q.weight", (inner, dims.d_model), (dims.d_model * dims.d_kv) ** -0.5
+        yield f"{attention}.SelfAttention.k.weight", (inner, dims.d_model), dims.d_model ** -0.5
+        yield f"{attention}.SelfAttention.v.weight", (inner, dims.d_model), dims.d_model ** -0.5
+        yield f"{attention}.SelfAttention.o.weight", (dims.d_model, inner), inner ** -0.5
+        if k == 0:
+            yield f"{attention}.SelfAttention.relative_attention_bias.weight", (32, dims.num_heads), dims.d_model ** -0.5
+        yield f"{attention}.layer_norm.weight", (dims.d_model,), None
+        feed_forward = f"encoder.block.{k}.layer.1"
+        yield f"{feed_forward}.DenseReluDense.wi_0.weight", (dims.d_ff, dims.d_model), dims.d_model ** -0.5
+        yield f"{feed_forward}.DenseReluDense.wi_1.weight", (dims.d_ff, dims.d_model), dims.d_model ** -0.5
+        yield f"{feed_forward}.DenseReluDense.wo.weight", (dims.d_model, dims.d_ff), dims.d_ff ** -0.5
+        yield f"{feed_forward}.layer_norm.weight", (dims.d_model,), None
+    yield "encoder.final_layer_norm.weight", (dims.d_model,), None
+
+
+def random_t5_tensors(dims, seed=0, dtype=torch.float16, device="cpu"):
+    """Yield (name, tensor) of a random T5 encoder one tensor at a time; same seed and device, same values."""
+    generator = torch.Generator(device).manual_seed(seed)
+    for name, shape, std in _t5_tensor_specs(dims):
+        if std is None:
+            yield name, torch.ones(shape, dtype=dtype, device=device)
+        else:
+            yield name, (torch.randn(shape, generator=generator, device=device) * std).to(dtype)
+
+
+def _t5_shard(name, num_layers):
+    """0 for the embedding and the first half of the blocks, 1 for the rest."""
+    if name.startswith("encoder.block."):
+        return int(int(name.split(".")[2]) >= (num_layers + 1) // 2)
+    return int(name.startswith("encoder.final_layer_norm"))
+
+
+def _t5_config(dims, dtype):
+    """config.json as the CogVideoX-2B download has it (written by transformers 4.x)."""
+    return {
+        "architectures": ["T5EncoderModel"],
+        "classifier_dropout": 0.0,
+        "d_ff": dims.d_ff,
+        "d_kv": dims.d_kv,
+        "d_model": dims.d_model,
+        "decoder_start_token_id": 0,
+        "dense_act_fn": "gelu_new",
+        "dropout_rate": 0.1,
+        "eos_token_id": 1,
+        "feed_forward_proj": "gated-gelu",
+        "initializer_factor": 1.0,
+        "is_encoder_decoder": True,
+        "is_gated_act": True,
+        "layer_norm_epsilon": 1e-06,
+        "model_type": "t5",
+        "num_decoder_layers": dims.num_layers,
+        "num_heads": dims.num_heads,
+        "num_layers": dims.num_layers,
+        "output_past": True,
+        "pad_token_id": 0,
+        "relative_attention_max_distance": 128,
+        "relative_attention_num_buckets": 32,
+        "tie_word_embeddings": False,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "use_cache": True,
+        "vocab_size": dims.vocab_size,
+    }
+
+
+def train_sentencepiece():
+    """Serialized SentencePiece unigram model trained on the bundled corpus (deterministic, single thread)."""
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        input=TOKENIZER_CORPUS, model_writer=model, model_type="unigram", vocab_size=SENTENCEPIECE_PIECES,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=1, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def _special(content):
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+
+
+def _t5_tokenizer_files():
+    """(file name, JSON content) of the tokenizer files besides spiece.model, as in the real folder."""
+    extra_tokens = [f"<extra_id_{i}>" for i in range(T5_EXTRA_IDS)]
+    extra_ids = {token: SENTENCEPIECE_PIECES + T5_EXTRA_IDS - 1 - i for i, token in enumerate(extra_tokens)}
+    decoder = {str(i): token for i, token in enumerate(("<pad>", "</s>", "<unk>"))}
+    decoder.update({str(i): token for token, i in extra_ids.items()})
+    tokenizer_config = {
+        "added_tokens_decoder": {i: {**_special(token), "special": True} for i, token in decoder.items()},
+        "additional_special_tokens": extra_tokens,
+        "clean_up_tokenization_spaces": True,
+        "eos_token": "</s>",
+        "extra_ids": T5_EXTRA_IDS,
+        "legacy": True,
+        "model_max_length": T5_MAX_LENGTH,
+        "pad_token": "<pad>",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "T5Tokenizer",
+        "unk_token": "<unk>",
+    }
+    special_tokens_map = {
+        "additional_special_tokens": extra_tokens,
+        "eos_token": _special("</s>"),
+        "pad_token": _special("<pad>"),
+        "unk_token": _special("<unk>"),
+    }
+    return {
+        "added_tokens.json": extra_ids,
+        "special_tokens_map.json": special_tokens_map,
+        "tokenizer_config.json": tokenizer_config,
+    }
+
+
+def _write_json(path, content):
+    with open(path, "w") as f:
+        json.dump(content, f, indent=2)
+
+
+def write_t5_folder(folder, d_model, d_ff, num_layers, num_heads, d_kv, vocab_size=32128,
+                    dtype=torch.float16, seed=0, device="cpu"):
+    """Write a Hugging Face T5 v1.1 encoder folder with random weights and a trained tokenizer.
+
+    The weights are generated on ``device`` and saved one shard at a time, so at most one shard is
+    held in memory (about 5 GB for the t5-v1_1-xxl shape).
+    """
+    dims = T5Dims(d_model, d_ff, num_layers, num_heads, d_kv, vocab_size)
+    tokenizer_size = SENTENCEPIECE_PIECES + T5_EXTRA_IDS
+    if vocab_size < tokenizer_size:
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {tokenizer_size} ids")
+    os.makedirs(folder, exist_ok=True)
+    weight_map, total_bytes = {}, 0
+    tensors = random_t5_tensors(dims, seed, dtype, device)
+    for shard, named in itertools.groupby(tensors, key=lambda item: _t5_shard(item[0], num_layers)):
+        shard_tensors = {name: tensor.cpu() for name, tensor in named}
+        save_file(shard_tensors, os.path.join(folder, T5_SHARD_NAMES[shard]), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard_tensors, T5_SHARD_NAMES[shard]))
+        total_bytes += sum(t.numel() * t.element_size() for t in shard_tensors.values())
+        del shard_tensors  # before the next shard is generated
+    _write_json(os.path.join(folder, T5_INDEX_NAME), {"metadata": {"total_size": total_bytes}, "weight_map": weight_map})
+    _write_json(os.path.join(folder, "config.json"), _t5_config(dims, dtype))
+    with open(os.path.join(folder, "spiece.model"), "wb") as f:
+        f.write(train_sentencepiece())
+    for name, content in _t5_tokenizer_files().items():
+        _write_json(os.path.join(folder, name), content)

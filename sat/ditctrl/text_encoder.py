@@ -1,0 +1,73 @@
+"""T5 v1.1 text conditioning as CogVideoX's ``FrozenT5Embedder`` does it (cogvideox.md section 4).
+
+Everything is read from a local folder, never from the Hugging Face hub. Transformers 5 builds the
+``T5Tokenizer`` from ``spiece.model`` by converting it to a ``tokenizers`` Unigram model, which needs
+the ``sentencepiece`` and ``protobuf`` packages.
+"""
+import torch
+from transformers import T5EncoderModel, T5Tokenizer
+
+from ditctrl.checkpoints import check_t5_folder
+
+T5_MAX_LENGTH = 226
+
+
+def _as_prompt_list(prompts):
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts must be a string or a non-empty list of strings, got {prompts!r}")
+    return list(prompts)
+
+
+class T5TextEncoder:
+    """Tokenizer + frozen ``T5EncoderModel`` from a local folder; ``encode`` gives (B, 226, d_model)."""
+
+    def __init__(self, folder, device="cpu", dtype=torch.float16, max_length=T5_MAX_LENGTH):
+        check_t5_folder(folder)
+        self.max_length = max_length
+        self.tokenizer = T5Tokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        self.model.to(device).eval().requires_grad_(False)
+        self.d_model = self.model.config.d_model
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    def tokenize(self, prompts):
+        """Token ids (B, max_length), int64: pieces, ``</s>`` (1), then pad (0); longer prompts are truncated."""
+        return self.tokenizer(
+            _as_prompt_list(prompts), truncation=True, max_length=self.max_length,
+            padding="max_length", return_tensors="pt",
+        ).input_ids
+
+    def tokens(self, prompt):
+        """(index, piece) of every non-pad token of one prompt, ``</s>`` included; index = position in the ids."""
+        ids = self.tokenize(prompt)[0].tolist()
+        pieces = self.tokenizer.convert_ids_to_tokens(ids)
+        return [(index, piece) for index, (i, piece) in enumerate(zip(ids, pieces)) if i != self.tokenizer.pad_token_id]
+
+    @torch.no_grad()
+    def encode(self, prompts):
+        """Last hidden state (B, max_length, d_model) in the model dtype; no attention mask, autocast off."""
+        if self.model is None:
+            raise RuntimeError("the T5 encoder was released; build a new T5TextEncoder to encode again")
+        ids = self.tokenize(prompts).to(self.device)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self.model(input_ids=ids).last_hidden_state
+
+    def unconditional(self, batch):
+        """Zero text features (batch, max_length, d_model): SAT's unconditional branch (``force_uc_zero_embeddings``)."""
+        return torch.zeros(batch, self.max_length, self.d_model, dtype=self.dtype, device=self.device)
+
+    def to(self, device):
+        """Move the encoder to ``device``; returns self."""
+        self.device = torch.device(device)
+        if self.model is not None:
+            self.model.to(self.device)
+        return self
+
+    def release(self):
+        """Drop the encoder weights (tokenizing still works), freeing their memory once encoding is done."""
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

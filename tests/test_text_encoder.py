@@ -1,0 +1,196 @@
+"""T5 wrapper and the synthetic T5 folder, checked against raw SentencePiece and the generated weights."""
+import json
+import os
+import re
+import shutil
+
+import pytest
+import sentencepiece
+import torch
+from safetensors import safe_open
+from transformers import T5Config, T5EncoderModel
+
+from ditctrl.checkpoints import MissingCheckpointError, check_t5_folder
+from ditctrl.synthetic_checkpoint import T5Dims, random_t5_tensors, train_sentencepiece, write_t5_folder
+from ditctrl.text_encoder import T5TextEncoder
+
+DIMS = T5Dims(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8)
+SEED = 3
+PROMPTS = [
+    "A gentle close shot of a rose petal, where the camera gradually pulls back.",
+    "pink teddy bear",
+    "Zebras & quokkas at 11:59 -- double  spaces, ünïcödé and 4K!",
+    "",
+]
+PAD, EOS = 0, 1
+
+
+@pytest.fixture(scope="module")
+def t5_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("t5-v1_1-xxl")
+    write_t5_folder(folder, DIMS.d_model, DIMS.d_ff, DIMS.num_layers, DIMS.num_heads, DIMS.d_kv, seed=SEED)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def encoder(t5_folder):
+    return T5TextEncoder(t5_folder)
+
+
+@pytest.fixture(scope="module")
+def spm(t5_folder):
+    return sentencepiece.SentencePieceProcessor(model_file=str(t5_folder / "spiece.model"))
+
+
+def reference_ids(spm, prompt, length=226):
+    ids = spm.encode(prompt)[: length - 1] + [EOS]
+    return ids + [PAD] * (length - len(ids))
+
+
+def test_folder_has_the_files_of_the_real_download(t5_folder):
+    assert sorted(os.listdir(t5_folder)) == [
+        "added_tokens.json", "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json", "special_tokens_map.json", "spiece.model", "tokenizer_config.json",
+    ]
+    config = T5Config.from_pretrained(t5_folder)
+    assert (config.d_model, config.d_ff, config.num_layers, config.num_heads, config.d_kv) == (32, 64, 2, 4, 8)
+    assert config.vocab_size == 32128
+    assert config.is_gated_act and config.dense_act_fn == "gelu_new"
+    assert config.relative_attention_num_buckets == 32 and config.layer_norm_epsilon == 1e-6
+
+
+def test_sentencepiece_model_is_deterministic_with_t5_special_ids(spm):
+    assert train_sentencepiece() == train_sentencepiece()
+    assert spm.get_piece_size() == 1000
+    assert [spm.id_to_piece(i) for i in range(3)] == ["<pad>", "</s>", "<unk>"]
+    assert (spm.pad_id(), spm.eos_id(), spm.unk_id(), spm.bos_id()) == (0, 1, 2, -1)
+
+
+def test_token_ids_equal_raw_sentencepiece_plus_eos_and_padding(encoder, spm):
+    ids = encoder.tokenize(PROMPTS)
+
+    assert ids.dtype == torch.int64 and ids.shape == (len(PROMPTS), 226)
+    assert ids.tolist() == [reference_ids(spm, prompt) for prompt in PROMPTS]
+
+
+def test_long_prompt_is_truncated_to_225_pieces_and_eos(encoder, spm):
+    prompt = " ".join(["a slow dolly shot of a fox in the snow"] * 40)
+    assert len(spm.encode(prompt)) > 226
+
+    assert encoder.tokenize(prompt)[0].tolist() == reference_ids(spm, prompt)
+
+
+def test_sentinel_tokens_sit_above_the_pieces_in_reverse_order_like_t5(encoder):
+    to_id = encoder.tokenizer.convert_tokens_to_ids
+    assert len(encoder.tokenizer) == 1100
+    assert [to_id("<extra_id_0>"), to_id("<extra_id_99>")] == [1099, 1000]
+
+
+def test_tokens_lists_positions_and_pieces_up_to_eos(encoder, spm):
+    prompt = "pink teddy bear"
+    pieces = encoder.tokens(prompt)
+    ids = spm.encode(prompt)
+
+    assert pieces == [(i, spm.id_to_piece(piece)) for i, piece in enumerate(ids)] + [(len(ids), "</s>")]
+
+
+def test_weights_round_trip_through_the_two_shards(t5_folder):
+    generated = dict(random_t5_tensors(DIMS, seed=SEED))
+    with open(t5_folder / "model.safetensors.index.json") as f:
+        index = json.load(f)
+
+    assert sorted(index["weight_map"]) == sorted(generated)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in generated.values())
+    for shard in sorted(set(index["weight_map"].values())):
+        with safe_open(t5_folder / shard, framework="pt") as f:
+            assert sorted(f.keys()) == sorted(k for k, s in index["weight_map"].items() if s == shard)
+    loaded = T5EncoderModel.from_pretrained(t5_folder, local_files_only=True, dtype=torch.float16).state_dict()
+    assert torch.equal(loaded.pop("encoder.embed_tokens.weight"), generated["shared.weight"])
+    assert sorted(loaded) == sorted(generated)
+    for name, tensor in generated.items():
+        assert tensor.dtype == torch.float16
+        assert torch.equal(loaded[name], tensor), name
+
+
+def test_seed_changes_the_weights():
+    first = dict(random_t5_tensors(DIMS, seed=0))
+    second = dict(random_t5_tensors(DIMS, seed=1))
+    assert not torch.equal(first["shared.weight"], second["shared.weight"])
+
+
+def test_encode_gives_finite_model_dtype_features_of_all_226_positions(encoder):
+    features = encoder.encode(PROMPTS[:2])
+
+    assert features.shape == (2, 226, DIMS.d_model)
+    assert features.dtype == torch.float16
+    assert torch.isfinite(features).all()
+    assert torch.equal(encoder.encode(PROMPTS[:2]), features)
+
+
+def test_encode_attends_to_padding_like_cogvideox(encoder):
+    """No attention mask: the output equals the unmasked model call and differs from a masked one."""
+    ids = encoder.tokenize(PROMPTS[1])
+    mask = (ids != PAD).long()
+    with torch.no_grad():
+        unmasked = encoder.model(input_ids=ids).last_hidden_state
+        masked = encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    features = encoder.encode(PROMPTS[1])
+    assert torch.equal(features, unmasked)
+    assert not torch.allclose(features[:, :4], masked[:, :4], atol=1e-2)
+
+
+def test_batched_prompts_are_encoded_independently(encoder):
+    batch = encoder.encode(PROMPTS[:2])
+    for i, prompt in enumerate(PROMPTS[:2]):
+        torch.testing.assert_close(batch[i], encoder.encode(prompt)[0])
+
+
+def test_unconditional_features_are_zeros_of_the_encode_shape(encoder):
+    zeros = encoder.unconditional(3)
+    assert zeros.shape == (3, 226, DIMS.d_model) and zeros.dtype == torch.float16
+    assert not zeros.any()
+
+
+def test_encoder_dtype_follows_the_request(t5_folder):
+    assert T5TextEncoder(t5_folder, dtype=torch.float32).encode("a cat").dtype == torch.float32
+
+
+def test_release_frees_the_model_but_keeps_the_tokenizer(t5_folder):
+    encoder = T5TextEncoder(t5_folder)
+    encoder.release()
+
+    assert encoder.model is None
+    assert encoder.tokenize("a cat").shape == (1, 226)
+    with pytest.raises(RuntimeError, match="released"):
+        encoder.encode("a cat")
+
+
+@pytest.mark.parametrize("prompts", [[], None, ["ok", 3]])
+def test_bad_prompts_are_rejected(encoder, prompts):
+    with pytest.raises(ValueError, match="prompts must be a string or a non-empty list of strings"):
+        encoder.tokenize(prompts)
+
+
+def test_vocab_smaller_than_the_tokenizer_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size 1000 is smaller than the tokenizer's 1100 ids"):
+        write_t5_folder(tmp_path, 32, 64, 1, 4, 8, vocab_size=1000)
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("removed", ["spiece.model", "config.json", "model-00002-of-00002.safetensors"])
+def test_check_t5_folder_names_the_missing_file(t5_folder, tmp_path, removed):
+    broken = tmp_path / "t5"
+    shutil.copytree(t5_folder, broken)
+    os.remove(broken / removed)
+
+    with pytest.raises(MissingCheckpointError, match=re.escape(str(broken / removed))):
+        check_t5_folder(broken)
+    with pytest.raises(MissingCheckpointError, match=re.escape(str(broken / removed))):
+        T5TextEncoder(broken)
+
+
+def test_check_t5_folder_accepts_a_complete_folder_and_names_a_missing_one(t5_folder, tmp_path):
+    check_t5_folder(t5_folder)
+    with pytest.raises(MissingCheckpointError, match=re.escape(str(tmp_path / "absent"))):
+        check_t5_folder(tmp_path / "absent")
