@@ -6,7 +6,7 @@ from diffusers import CogVideoXTransformer3DModel
 from ditctrl.dit import DiffusionTransformer, timestep_embedding
 from ditctrl.position_embedding import sincos_3d
 from diffusers_transformer_reference import sat_to_diffusers
-from tiny_models import randomize
+from ditctrl.synthetic_checkpoint import randomize_module
 
 SMALL = dict(num_layers=2, hidden_size=256, num_attention_heads=4, time_embed_dim=128, text_hidden_size=64,
              text_length=7, latent_height=8, latent_width=12, num_frames=9)
@@ -15,7 +15,7 @@ SMALL = dict(num_layers=2, hidden_size=256, num_attention_heads=4, time_embed_di
 @pytest.fixture(scope="module")
 def models():
     ours = DiffusionTransformer(**SMALL)
-    randomize(ours)
+    randomize_module(ours)
     ref = CogVideoXTransformer3DModel(
         num_attention_heads=4, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=128,
         text_embed_dim=64, num_layers=2, sample_width=12, sample_height=8, sample_frames=9, patch_size=2,

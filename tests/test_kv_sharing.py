@@ -81,3 +81,9 @@ def test_schedule_from_args_explicit_lists_win():
     explicit = ControlSchedule.from_args(Args)
     assert explicit.steps == {7, 9} and explicit.layers == {1}
     assert explicit.active(7, 1) and not explicit.active(8, 1) and not explicit.active(None, 1)
+
+
+def test_every_configurable_controller_is_registered():
+    from ditctrl.attention import CONTROLLERS
+    from ditctrl.config import CONTROLLER_NAMES
+    assert set(CONTROLLERS) == set(CONTROLLER_NAMES)

@@ -187,10 +187,12 @@ def _split_source(config, source: str) -> tuple[DictConfig, dict]:
     return _section(config, "model", source), _checked_args(_section(config, "args", source), source)
 
 
-def load_config(base_paths: Sequence[str], custom_path: str | None = None, overrides: Iterable[str] = ()) -> DictConfig:
+def load_config(base_paths: Sequence[str], custom_path: str | None = None, overrides: Iterable[str] = (),
+                require_prompts: bool = True) -> DictConfig:
     """Merge inference.yaml, the base files, the case file and dotted overrides into a checked config.
 
-    The result has the sections `model` and `args`; `args` holds every schema key.
+    The result has the sections `model` and `args`; `args` holds every schema key. Tools that only
+    need the model (e.g. the synthetic-checkpoint writer) pass `require_prompts=False`.
     """
     paths = [INFERENCE_CONFIG, *base_paths, *([custom_path] if custom_path is not None else [])]
     sources = [_split_source(_read_yaml(path), path) for path in paths]
@@ -198,7 +200,7 @@ def load_config(base_paths: Sequence[str], custom_path: str | None = None, overr
     args = {}
     for _, source_args in sources:
         args.update(source_args)
-    validate_args(args)
+    validate_args(args, require_prompts)
     return OmegaConf.create({"model": OmegaConf.merge(*(model for model, _ in sources)), "args": args})
 
 
@@ -242,7 +244,7 @@ def _check_controllers(names) -> None:
         )
 
 
-def validate_args(args: Mapping) -> None:
+def validate_args(args: Mapping, require_prompts: bool = True) -> None:
     """Check the `args` values that need no model; raise ConfigError on the first problem.
 
     Index ranges that depend on the model depth or the step count are checked by the caller with
@@ -267,7 +269,8 @@ def validate_args(args: Mapping) -> None:
         _DEVICE_PATTERN.fullmatch(args["device"]),
         f"args.device must be auto, cpu, cuda or cuda:<index>, got '{args['device']}'",
     )
-    _check_prompts(args["prompts"], args["single_prompt_length"])
+    if require_prompts:
+        _check_prompts(args["prompts"], args["single_prompt_length"])
     _check_controllers(args["adaln_mixin_names"])
 
 

@@ -209,3 +209,26 @@ def write_t5_folder(folder, d_model, d_ff, num_layers, num_heads, d_kv, vocab_si
         f.write(train_sentencepiece())
     for name, content in _t5_tokenizer_files().items():
         _write_json(os.path.join(folder, name), content)
+
+
+@torch.no_grad()
+def randomize_module(module: torch.nn.Module, seed: int = 0) -> None:
+    """Fill every parameter with random values of a healthy scale, deterministically per seed and device.
+
+    Norm scales ~ 1 ± 0.1 and their shifts ~ 0.1·N(0,1); matrices and kernels N(0, 1/fan_in); other
+    vectors 0.1·N(0,1). Nothing is zero, so adaLN gates and final layers take part in every check.
+    """
+    norms = {id(p) for m in module.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm))
+             for p in m.parameters(recurse=False)}
+    generator = None
+    for name, p in module.named_parameters():
+        if generator is None or generator.device != p.device:
+            generator = torch.Generator(p.device).manual_seed(seed)
+        noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=torch.float32)
+        if id(p) in norms and name.endswith("weight"):
+            value = 1 + 0.1 * noise
+        elif p.ndim >= 2:
+            value = noise / (p[0].numel() ** 0.5)
+        else:
+            value = 0.1 * noise
+        p.copy_(value)

@@ -1,10 +1,16 @@
 """Attention controllers, selected by the original's mixin names in `adaln_mixin_names`."""
 from .control import AttentionController, ControlSchedule
 from .kv_sharing import KVSharing
+from .mask_guided import MaskGuidedKVSharing
+from .reweight import TokenReweighting
+from .visualize import AttentionVisualizer
 
 CONTROLLERS = {
     "BaseAdaLNMixin": AttentionController,
     "KVSharingAdaLNMixin": KVSharing,
+    "KVSharingMaskGuidedAdaLNMixin": MaskGuidedKVSharing,
+    "ReWeightAdaLNMixin": TokenReweighting,
+    "VisualizeAdaLNMixin": AttentionVisualizer,
 }
 
 

@@ -1,0 +1,77 @@
+"""What every entry script does before sampling: resolve, validate, check weights, prepare outputs.
+
+All user errors surface here as one line (`error: ...`, exit status 2) before any model is built.
+"""
+import sys
+from contextlib import contextmanager
+
+import torch
+
+from .checkpoints import MissingCheckpointError
+from .config import (announce_overwrites, check_index_range, expand_prompts, parse_cli, prepare_output_dir,
+                     resolve_device, write_resolved_config)
+from .pipeline import Pipeline, check_weights
+
+RANDOM_WEIGHTS_NOTE = ("note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, "
+                       "not the picture (real videos need the real CogVideoX-2B weights, see README.md)")
+
+
+@contextmanager
+def user_errors():
+    """Turn configuration, layout and missing-weight errors into one line on stderr and exit status 2."""
+    try:
+        yield
+    except (ValueError, MissingCheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_schedule_ranges(cfg) -> None:
+    """Controlled steps and layers must exist in this model and sampler."""
+    args = cfg.args
+    num_layers = cfg.model.network_config.params.num_layers
+    num_steps = cfg.model.sampler_config.params.num_steps
+    for name, upper in (("layer_idx", num_layers), ("attn_map_layer_idx", num_layers),
+                        ("step_idx", num_steps), ("attn_map_step_idx", num_steps)):
+        check_index_range(name, args[name], upper)
+    check_index_range("start_layer", args.start_layer, num_layers)
+    check_index_range("start_step", args.start_step, num_steps)
+
+
+def check_token_indices(tokenize, prompts, checks) -> None:
+    """`checks`: (key name, indices, prompt positions); every index must name a real token (not padding).
+
+    The error shows how many tokens the prompt has and how to list them.
+    """
+    ids = tokenize(prompts)
+    for key, indices, positions in checks:
+        for p in positions:
+            count = int((ids[p] != 0).sum())  # pieces plus </s>; pads are 0
+            for index in [indices] if isinstance(indices, int) else indices:
+                if not 0 <= index < count:
+                    raise ValueError(f"args.{key} = {index} is outside prompt {p} ({count} tokens including </s>): "
+                                     f"list them with python sat/show_tokens.py --prompt \"...\"")
+
+
+def start_run(argv, planned_outputs):
+    """Parse and validate; `planned_outputs(cfg, prompts)` returns the files this run will write.
+
+    Returns (cfg, prompts, plan, pipeline) with the output folder prepared, its resolved config
+    written and the models built (T5 ready to encode).
+    """
+    cfg = parse_cli(argv)
+    if "tiny_t5" in cfg.model:
+        print(RANDOM_WEIGHTS_NOTE)
+    prompts = expand_prompts(cfg.args)
+    check_schedule_ranges(cfg)
+    plan = planned_outputs(cfg, prompts)
+    check_weights(cfg)
+    device = resolve_device(cfg.args.device)
+    announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files))
+    write_resolved_config(cfg, cfg.args.output_dir)
+    return cfg, prompts, plan, Pipeline(cfg, device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the CPU and CUDA generators (the SDE noise comes from the sampling device's generator)."""
+    torch.manual_seed(seed)
