@@ -64,14 +64,17 @@ def isolated_baseline(pipeline, plan, cond, uncond, noise, args):
     write_mp4(os.path.join(args.output_dir, plan.isolated[-1]), torch.cat(clips), args.sampling_fps)
 
 
+def check_prompts(args, prompts, counts):
+    """Mask-guided runs name the object's tokens in every source (ref) and target (cur) prompt."""
+    if "KVSharingMaskGuidedAdaLNMixin" in args.adaln_mixin_names:
+        check_token_indices(counts, [("ref_token_idx", list(args.ref_token_idx), range(len(prompts) - 1)),
+                                     ("cur_token_idx", list(args.cur_token_idx), range(1, len(prompts)))])
+
+
 def main(argv=None):
     with user_errors():
-        cfg, prompts, plan, pipeline = start_run(argv, plan_outputs)
+        cfg, prompts, plan, pipeline = start_run(argv, plan_outputs, check_prompts)
         args = cfg.args
-        if "KVSharingMaskGuidedAdaLNMixin" in args.adaln_mixin_names:
-            check_token_indices(pipeline.tokenize, prompts, [
-                ("ref_token_idx", list(args.ref_token_idx), range(len(prompts) - 1)),
-                ("cur_token_idx", list(args.cur_token_idx), range(1, len(prompts)))])
     layout = plan.layout
     with torch.no_grad():
         embeds = pipeline.encode(prompts)
@@ -85,7 +88,8 @@ def main(argv=None):
         for name, file_name in plan.long_videos.items():
             seed_everything(args.seed)
             pipeline.dit.set_controller(build_controller(name, args, args.output_dir))
-            denoiser = MultiPromptDenoiser(pipeline.guided(), layout, cond, uncond)
+            denoiser = MultiPromptDenoiser(pipeline.guided(), layout, cond, uncond,
+                                            share_work=args.share_unshared_work)
             description = f"{name}: {len(prompts)} prompts, {layout.num_windows} windows, {max(layout.num_windows - 1, 1)} DiT calls/step"
             latent = sample_dpmpp_2m_sde(denoiser, noise.clone().to(pipeline.device), pipeline.schedule,
                                          full_noise_discarding_first, progress_bar(description))

@@ -41,7 +41,9 @@ class MissingCheckpointError(FileNotFoundError):
         self.paths = paths
         super().__init__(
             f"missing checkpoint {', '.join(map(str, paths))}; see README.md, section "
-            "'Download CogVideoX-2B weights', or run with --tiny"
+            "'Download CogVideoX-2B weights', or run with --tiny. In short: unzip the SAT transformer and "
+            "vae archives (cloud.tsinghua.edu.cn, links in the README) into sat/CogVideoX-2b-sat/, and put "
+            "text_encoder/* + tokenizer/* of huggingface.co/THUDM/CogVideoX-2b into sat/CogVideoX-2b-sat/t5-v1_1-xxl/"
         )
 
 

@@ -11,11 +11,13 @@ match (`mixins.pos_embed.*`, `mixins.patch_embed.*`, `mixins.adaln_layer.*`, `mi
 """
 import math
 from argparse import Namespace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from sat.model.base_model import BaseMixin, BaseModel
+from sat.mpu import copy_to_model_parallel_region
 
 from .attention import AttentionController
 from .position_embedding import sincos_3d
@@ -143,6 +145,28 @@ class FinalLayerMixin(BaseMixin):
         return video.permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, frames, c, height * p, width * p)
 
 
+@dataclass(frozen=True)
+class TransformerState:
+    """A DiT batch between two layers: hidden states plus the per-row inputs the layer and final hooks read."""
+    hidden: torch.Tensor  # (B, text + video tokens, hidden)
+    context: torch.Tensor  # (B, L, D) text features (the hooks read the text length from it)
+    emb: torch.Tensor  # (B, time_embed_dim) timestep embedding
+    token_grid: tuple  # (frames, rows, columns) of the video tokens
+
+    def rows(self, index) -> "TransformerState":
+        """The batch rows picked by `index` (a slice or a list of row numbers)."""
+        return TransformerState(self.hidden[index], self.context[index], self.emb[index], self.token_grid)
+
+    @staticmethod
+    def cat(states) -> "TransformerState":
+        """The states' rows stacked in order; all must share one token grid."""
+        grids = {s.token_grid for s in states}
+        if len(grids) != 1:
+            raise ValueError(f"cannot batch states of different token grids {sorted(grids)}")
+        return TransformerState(*(torch.cat([getattr(s, f) for s in states]) for f in ("hidden", "context", "emb")),
+                                grids.pop())
+
+
 class DiffusionTransformer(BaseModel):
     """v-prediction DiT: forward(latents (B,T,C,H,W), timesteps (B,), context (B,L,D)) -> (B,T,C,H,W)."""
 
@@ -188,13 +212,50 @@ class DiffusionTransformer(BaseModel):
 
     def forward(self, latents, timesteps, context, step=None, pair=None):
         """`step` (sampler iteration) and `pair` (window pair) tell the controller where it is."""
-        dtype = self.transformer.final_layernorm.weight.dtype
-        batch, frames, _, height, width = latents.shape
-        emb = self.time_embed(timestep_embedding(timesteps, self.hidden_size).to(dtype))
-        ones = torch.ones(1, 1, device=latents.device, dtype=dtype)
-        token_grid = (frames, height // self.patch_size, width // self.patch_size)
-        self.controller.begin_forward(step, pair, token_grid)
-        out = super().forward(
-            input_ids=ones, position_ids=ones, attention_mask=ones,
-            latents=latents.to(dtype).contiguous(), context=context.to(dtype), emb=emb, token_grid=token_grid)
-        return out[0]
+        inputs = self._hook_inputs(latents, timesteps, context)
+        ones = self._ones(latents.device)
+        self.controller.begin_forward(step, pair, inputs["token_grid"])
+        return super().forward(input_ids=ones, position_ids=ones, attention_mask=ones, **inputs)[0]
+
+    # forward in three parts (the same SAT hooks, called directly): embed, any layer range, head.
+    # embed + run_layers(0, num_layers) + head computes exactly what forward does.
+
+    def _hook_inputs(self, latents, timesteps, context) -> dict:
+        """The keyword inputs SAT hands every hook, cast to the model dtype."""
+        dtype = self._ones(latents.device).dtype
+        _, frames, _, height, width = latents.shape
+        return dict(latents=latents.to(dtype).contiguous(), context=context.to(dtype),
+                    emb=self.time_embed(timestep_embedding(timesteps, self.hidden_size).to(dtype)),
+                    token_grid=(frames, height // self.patch_size, width // self.patch_size))
+
+    def embed(self, latents, timesteps, context) -> TransformerState:
+        """Token embedding plus position embedding, as SAT's transformer starts its forward."""
+        inputs = self._hook_inputs(latents, timesteps, context)
+        ones = self._ones(latents.device)
+        hidden = self.hooks["word_embedding_forward"](ones, output_cross_layer={}, **inputs)
+        hidden = hidden + self.hooks["position_embedding_forward"](ones, output_cross_layer={}, **inputs)
+        return TransformerState(self.transformer.embedding_dropout(hidden), inputs["context"], inputs["emb"],
+                                inputs["token_grid"])
+
+    def run_layers(self, state: TransformerState, start: int, stop: int, step=None, pair=None) -> TransformerState:
+        """Transformer layers [start, stop) on `state`; the controller is told (step, pair) first."""
+        if not 0 <= start <= stop <= self.num_layers:
+            raise ValueError(f"layer range [{start}, {stop}) is outside the model's {self.num_layers} layers")
+        self.controller.begin_forward(step, pair, state.token_grid)
+        hidden, ones = state.hidden, self._ones(state.hidden.device)
+        for index in range(start, stop):
+            hidden = self.hooks["layer_forward"](hidden, ones, layer_id=torch.tensor(index), context=state.context,
+                                                 emb=state.emb, token_grid=state.token_grid)
+        return TransformerState(hidden, state.context, state.emb, state.token_grid)
+
+    def head(self, state: TransformerState) -> torch.Tensor:
+        """SAT's final LayerNorm and our final layer: hidden states -> v (B, T, C, H, W)."""
+        transformer = self.transformer
+        logits = transformer.final_layernorm(state.hidden) if transformer.use_final_layernorm else state.hidden
+        return self.hooks["final_forward"](copy_to_model_parallel_region(logits), context=state.context,
+                                           emb=state.emb, token_grid=state.token_grid,
+                                           parallel_output=transformer.parallel_output)
+
+    def _ones(self, device) -> torch.Tensor:
+        """The all-ones (1, 1) ids and mask SAT's forward expects (unused by our hooks), in the model dtype."""
+        return torch.ones(1, 1, device=device, dtype=self.transformer.final_layernorm.weight.dtype)

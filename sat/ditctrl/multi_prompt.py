@@ -18,29 +18,116 @@ def window_conditions(layout: SegmentLayout, prompt_embeds: torch.Tensor) -> tor
 class MultiPromptDenoiser:
     """`denoise(x, step, alpha, timestep)` for the long latent x (1, L, C, H, W).
 
-    Every adjacent pair (k, k+1) is one DiT call with window k as source and k+1 as target; the
-    guided x0 of both windows is accumulated with triangular weights, so inner windows count twice
-    (as target of the pair on their left and as source of the pair on their right). A layout with
-    a single window is denoised alone.
+    Every adjacent pair (k, k+1) is denoised with window k as source and k+1 as target (batch rows
+    (u_k, u_k+1, c_k, c_k+1), controller told step and pair k); the guided x0 of both windows is
+    accumulated with triangular weights, so inner windows count twice (as target of the pair on
+    their left and as source of the pair on their right). A layout with a single window is
+    denoised alone.
+
+    With `share_work` the work both roles of a window have in common is done once (ditctrl.md
+    §12 item 4), in DiT batches of at most `max_batch_windows` windows (2 rows each):
+    - steps where the controller does not act: each window is denoised once and its prediction
+      added once per role;
+    - steps where a controller marked `per_window_below_first_layer` (KV-sharing) acts from layer
+      l0 on: layers [0, l0) run once per window, layers [l0, end) per pair from those states.
+    Other controllers' active steps take the pair path. The blend adds the same predictions in
+    the same order as the pair path; only the DiT batch composition (hence rounding) differs.
     """
 
-    def __init__(self, guided, layout: SegmentLayout, cond: torch.Tensor, uncond: torch.Tensor):
+    def __init__(self, guided, layout: SegmentLayout, cond: torch.Tensor, uncond: torch.Tensor,
+                 share_work: bool = True, max_batch_windows: int = 2):
         """cond/uncond: (S, L, D) per-window text embeddings."""
+        if isinstance(max_batch_windows, bool) or not isinstance(max_batch_windows, int) or max_batch_windows < 1:
+            raise ValueError(f"max_batch_windows must be an int >= 1, got {max_batch_windows!r}")
         self.guided, self.layout, self.cond, self.uncond = guided, layout, cond, uncond
+        self.share_work, self.max_batch_windows = share_work, max_batch_windows
 
     def __call__(self, x, step, alpha, timestep) -> torch.Tensor:
         layout = self.layout
         blender = LatentBlender(x, layout.tile)
+        controller, num_layers = self.guided.model.controller, self.guided.model.num_layers
         if layout.num_windows == 1:
-            window = layout.window(0)
-            blender.add(window, self.guided(x[:, window], step, alpha, timestep, self.cond[:1], self.uncond[:1]))
-        for k in range(layout.num_windows - 1):
-            source, target = layout.window(k), layout.window(k + 1)
-            x0 = self.guided(torch.cat([x[:, source], x[:, target]]), step, alpha, timestep,
-                             self.cond[k:k + 2], self.uncond[k:k + 2], pair=k)
-            blender.add(source, x0[:1])
-            blender.add(target, x0[1:])
+            self._add(blender, [0], self.guided(self._windows(x, [0]), step, alpha, timestep, self.cond[:1],
+                                                self.uncond[:1]))
+        elif self.share_work and not controller_acts(controller, step, num_layers):
+            self._each_window_once(blender, x, step, alpha, timestep)
+        elif self.share_work and getattr(controller, "per_window_below_first_layer", False):
+            self._pairs_after_window_layers(blender, x, step, alpha, timestep, min(controller.schedule.layers))
+        else:
+            self._pairs(blender, x, step, alpha, timestep)
         return blender.result()
+
+    def _pairs(self, blender, x, step, alpha, timestep) -> None:
+        """One whole DiT forward per adjacent pair."""
+        for k in range(self.layout.num_windows - 1):
+            pair = [k, k + 1]
+            x0 = self.guided(self._windows(x, pair), step, alpha, timestep, self.cond[k:k + 2], self.uncond[k:k + 2],
+                             pair=k)
+            self._add(blender, pair, x0)
+
+    def _each_window_once(self, blender, x, step, alpha, timestep) -> None:
+        """Each window's plain prediction once, added as many times as the window has roles."""
+        last = self.layout.num_windows - 1
+        for group in self._groups():
+            x0 = self.guided(self._windows(x, group), step, alpha, timestep, self.cond[group], self.uncond[group])
+            for w, prediction in zip(group, x0):
+                roles = int(w > 0) + int(w < last)
+                self._add(blender, [w] * roles, [prediction] * roles)
+
+    def _pairs_after_window_layers(self, blender, x, step, alpha, timestep, first_layer: int) -> None:
+        """Layers [0, first_layer) once per window, the rest per pair. Window states are computed a group at a
+        time when a pair first needs them and dropped after their last pair, so at most
+        max_batch_windows + 1 windows' states are held."""
+        states, groups = {}, iter(self._groups())
+        for k in range(self.layout.num_windows - 1):
+            while k + 1 not in states:
+                group = next(groups)
+                states.update(zip(group, self.guided.begin(self._windows(x, group), step, timestep, self.cond[group],
+                                                           self.uncond[group], first_layer)))
+            pair = [k, k + 1]
+            x0 = self.guided.finish(self._windows(x, pair), [states.pop(k), states[k + 1]], step, alpha, timestep,
+                                    first_layer, pair=k)
+            self._add(blender, pair, x0)
+
+    def _groups(self) -> list[list[int]]:
+        """Consecutive windows in DiT batches of at most max_batch_windows."""
+        size, count = self.max_batch_windows, self.layout.num_windows
+        return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+
+    def _windows(self, x, windows) -> torch.Tensor:
+        """(len(windows), tile, C, H, W): the listed windows of the long latent x (1, L, C, H, W)."""
+        return torch.cat([x[:, self.layout.window(w)] for w in windows])
+
+    def _add(self, blender, windows, predictions) -> None:
+        """Blend predictions[j] (tile, C, H, W) into window windows[j], in order."""
+        for w, prediction in zip(windows, predictions):
+            blender.add(self.layout.window(w), prediction[None])
+
+
+def controller_acts(controller, step, num_layers: int) -> bool:
+    """Whether `controller` departs from plain attention anywhere in this step (every controller is plain
+    outside its schedule's steps and layers)."""
+    schedule = controller.schedule
+    return step in schedule.steps and any(layer < num_layers for layer in schedule.layers)
+
+
+def row_layer_count(layout: SegmentLayout, num_steps: int, num_layers: int, controlled_steps, first_shared_layer: int,
+                    share_work: bool) -> int:
+    """(batch row × transformer layer) evaluations of one multi-prompt run of `num_steps` steps.
+
+    `controlled_steps`: the steps where the controller acts; `first_shared_layer`: the first layer that
+    needs the pair batch in those steps (0 for controllers other than KV-sharing).
+    """
+    windows = layout.num_windows
+    if windows == 1:
+        return num_steps * 2 * num_layers
+    pair_step = 4 * (windows - 1) * num_layers
+    if not share_work:
+        return num_steps * pair_step
+    controlled = len(set(controlled_steps) & set(range(num_steps)))
+    window_step = 2 * windows * num_layers
+    shared_step = 2 * windows * first_shared_layer + 4 * (windows - 1) * (num_layers - first_shared_layer)
+    return (num_steps - controlled) * window_step + controlled * shared_step
 
 
 def long_noise(layout: SegmentLayout, channels: int, height: int, width: int, seed: int) -> torch.Tensor:

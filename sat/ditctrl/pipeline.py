@@ -4,7 +4,6 @@ T5 is built, used and released before the DiT is placed on the device; the VAE d
 Relative weight paths are resolved from the `sat/` folder (where the README puts `CogVideoX-2b-sat/`).
 """
 import os
-from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -101,9 +100,6 @@ class Pipeline:
         self.sampler_params = sampler
         self.scale_factor = cfg.model.scale_factor
 
-    def tokenize(self, prompts):
-        return self.text_encoder.tokenize(prompts)
-
     def encode(self, prompts) -> torch.Tensor:
         """(P, L, D) T5 features of the prompts; T5 is released afterwards and the DiT is loaded."""
         embeds = self.text_encoder.encode(prompts)
@@ -128,6 +124,3 @@ class Pipeline:
             self.dit.to(self.device)
         frames = ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
         return (255 * frames).to(torch.uint8).cpu()
-
-    def autocast(self):
-        return nullcontext()

@@ -10,7 +10,8 @@ import torch
 from .checkpoints import MissingCheckpointError
 from .config import (announce_overwrites, check_index_range, expand_prompts, parse_cli, prepare_output_dir,
                      resolve_device, write_resolved_config)
-from .pipeline import Pipeline, check_weights
+from .pipeline import Pipeline, check_weights, weight_paths
+from .text_encoder import T5Tokens
 
 RANDOM_WEIGHTS_NOTE = ("note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, "
                        "not the picture (real videos need the real CogVideoX-2B weights, see README.md)")
@@ -38,24 +39,30 @@ def check_schedule_ranges(cfg) -> None:
     check_index_range("start_step", args.start_step, num_steps)
 
 
-def check_token_indices(tokenize, prompts, checks) -> None:
+def token_counts(tokenize, prompts) -> list:
+    """Tokens of each prompt: its pieces plus </s> (pads are id 0)."""
+    return [int((row != 0).sum()) for row in tokenize(prompts)]
+
+
+def check_token_indices(counts, checks) -> None:
     """`checks`: (key name, indices, prompt positions); every index must name a real token (not padding).
 
     The error shows how many tokens the prompt has and how to list them.
     """
-    ids = tokenize(prompts)
     for key, indices, positions in checks:
         for p in positions:
-            count = int((ids[p] != 0).sum())  # pieces plus </s>; pads are 0
+            count = counts[p]
             for index in [indices] if isinstance(indices, int) else indices:
                 if not 0 <= index < count:
                     raise ValueError(f"args.{key} = {index} is outside prompt {p} ({count} tokens including </s>): "
                                      f"list them with python sat/show_tokens.py --prompt \"...\"")
 
 
-def start_run(argv, planned_outputs):
+def start_run(argv, planned_outputs, check_prompts=None):
     """Parse and validate; `planned_outputs(cfg, prompts)` returns the files this run will write.
 
+    `check_prompts(args, prompts, counts)` validates the prompts against their token counts (token
+    indices, equal lengths) with the tokenizer alone, before any model is loaded.
     Returns (cfg, prompts, plan, pipeline) with the output folder prepared, its resolved config
     written and the models built (T5 ready to encode).
     """
@@ -66,6 +73,9 @@ def start_run(argv, planned_outputs):
     check_schedule_ranges(cfg)
     plan = planned_outputs(cfg, prompts)
     check_weights(cfg)
+    if check_prompts is not None:
+        tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
+        check_prompts(cfg.args, prompts, token_counts(tokens.tokenize, prompts))
     device = resolve_device(cfg.args.device)
     announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files))
     write_resolved_config(cfg, cfg.args.output_dir)

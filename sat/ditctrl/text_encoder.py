@@ -20,18 +20,13 @@ def _as_prompt_list(prompts):
     return list(prompts)
 
 
-class T5TextEncoder:
-    """Tokenizer + frozen ``T5EncoderModel`` from a local folder; ``encode`` gives (B, 226, d_model)."""
+class T5Tokens:
+    """The T5 tokenizer alone (no weights): token ids and pieces, e.g. to check token indices cheaply."""
 
-    def __init__(self, folder, device="cpu", dtype=torch.float16, max_length=T5_MAX_LENGTH):
+    def __init__(self, folder, max_length=T5_MAX_LENGTH):
         check_t5_folder(folder)
         self.max_length = max_length
         self.tokenizer = T5Tokenizer.from_pretrained(folder, local_files_only=True)
-        self.model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
-        self.model.to(device).eval().requires_grad_(False)
-        self.d_model = self.model.config.d_model
-        self.dtype = dtype
-        self.device = torch.device(device)
 
     def tokenize(self, prompts):
         """Token ids (B, max_length), int64: pieces, ``</s>`` (1), then pad (0); longer prompts are truncated."""
@@ -45,6 +40,18 @@ class T5TextEncoder:
         ids = self.tokenize(prompt)[0].tolist()
         pieces = self.tokenizer.convert_ids_to_tokens(ids)
         return [(index, piece) for index, (i, piece) in enumerate(zip(ids, pieces)) if i != self.tokenizer.pad_token_id]
+
+
+class T5TextEncoder(T5Tokens):
+    """Tokenizer + frozen ``T5EncoderModel`` from a local folder; ``encode`` gives (B, 226, d_model)."""
+
+    def __init__(self, folder, device="cpu", dtype=torch.float16, max_length=T5_MAX_LENGTH):
+        super().__init__(folder, max_length)
+        self.model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        self.model.to(device).eval().requires_grad_(False)
+        self.d_model = self.model.config.d_model
+        self.dtype = dtype
+        self.device = torch.device(device)
 
     @torch.no_grad()
     def encode(self, prompts):

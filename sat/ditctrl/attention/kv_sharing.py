@@ -18,6 +18,10 @@ class KVSharing(AttentionController):
     row swapped for its source's gives exactly the four per-branch attentions of the original.
     """
 
+    # Below its first controlled layer it is plain attention and keeps no state, so those layers may
+    # run once per window outside the source/target pair batch (MultiPromptDenoiser's work sharing).
+    per_window_below_first_layer = True
+
     def __call__(self, q, k, v, layer: int, text_length: int) -> torch.Tensor:
         if not self.active(layer):
             return attention(q, k, v)

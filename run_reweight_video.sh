@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Attention reweight editing.
+#   bash run_reweight_video.sh [CASE.yaml] [--tiny] [key=value ...]
+# Without --tiny it needs the CogVideoX-2B weights (README.md, "Download CogVideoX-2B weights").
+set -euo pipefail
+cd "$(dirname "$0")"
+source sat/run_case.sh
+run_case sample_video_edit.py inference_case_configs/reweight/balloon_red_0.yaml "$@"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Attention-map visualisation.
+#   bash run_visualize.sh [CASE.yaml] [--tiny] [key=value ...]
+# Without --tiny it needs the CogVideoX-2B weights (README.md, "Download CogVideoX-2B weights").
+set -euo pipefail
+cd "$(dirname "$0")"
+source sat/run_case.sh
+run_case sample_video_visualize.py inference_case_configs/visualization_configs/puppy_ball.yaml "$@"

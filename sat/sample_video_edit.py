@@ -1,0 +1,18 @@
+"""Video editing with DiTCtrl: word swap (KV-sharing) and attention reweighting, one 49-frame clip.
+
+    python sat/sample_video_edit.py --base configs/cogvideox_2b.yaml configs/inference.yaml \
+        --custom-config inference_case_configs/edit/bus_truck.yaml [--tiny]
+
+Two prompts (source, target) are sampled as one batch from the same noise. Writes
+`{output_dir}/editing_frames49.mp4` (source left, edited target right) and
+`editing_source_frames49.mp4` / `editing_target_frames49.mp4`, plus `params.yaml`.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ditctrl.clip_runs import check_edit_prompts, run  # noqa: E402
+
+if __name__ == "__main__":
+    run(None, "editing", ("source", "target"), check_edit_prompts)

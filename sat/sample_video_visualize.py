@@ -1,0 +1,23 @@
+"""Attention-map visualisation of a single-prompt CogVideoX generation.
+
+    python sat/sample_video_visualize.py --base configs/cogvideox_2b.yaml configs/inference.yaml \
+        --custom-config inference_case_configs/visualization_configs/puppy_ball.yaml [--tiny]
+
+Writes `{output_dir}/visualization_frames49.mp4`, the maps of the configured steps, layers and
+tokens under `{output_dir}/attn_map/step{s}_layer{l}/` and one overview figure
+`{output_dir}/attn_map/overview.png`.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ditctrl.clip_runs import check_visualize_prompts, run  # noqa: E402
+
+
+def write_overview(controller, frames):
+    print(f"wrote {controller.write_overview(frames[0].numpy())}")
+
+
+if __name__ == "__main__":
+    run(None, "visualization", ("prompt",), check_visualize_prompts, write_overview)
