@@ -14,46 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config  # noqa: E402
-from ditctrl.dit import DiffusionTransformer  # noqa: E402
-from ditctrl.pipeline import check_weights, weight_paths  # noqa: E402
 from ditctrl.checkpoints import MissingCheckpointError  # noqa: E402
-from ditctrl.synthetic_checkpoint import (randomize_module, write_t5_folder, write_transformer_checkpoint,  # noqa: E402
-                                          write_vae_checkpoint)
-from ditctrl.vae import CogVideoXVAE  # noqa: E402
-
-FULL_T5 = dict(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64)  # t5-v1_1-xxl
-
-
-def build_random(module_type, params: dict, device: str, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    with torch.device("meta"):
-        module = module_type(**params)
-    module.to_empty(device=device)
-    randomize_module(module, seed)
-    return module.to(dtype)
-
-
-def write_synthetic_checkpoints(cfg, device: str = "cpu", seed: int = 0) -> dict:
-    """Write the transformer, VAE and T5 of `cfg` with random weights; returns their paths."""
-    paths = weight_paths(cfg)
-    dtype = torch.float16 if cfg.args.fp16 else torch.bfloat16 if cfg.args.bf16 else torch.float32
-    network = OmegaConf.to_container(cfg.model.network_config.params)
-    dit = build_random(DiffusionTransformer, {**network, "skip_init": True}, device, dtype, seed)
-    write_transformer_checkpoint({k: v.cpu() for k, v in dit.state_dict().items()}, paths["transformer"])
-    del dit
-    vae = build_random(CogVideoXVAE, OmegaConf.to_container(cfg.model.first_stage_config.params), device,
-                       torch.float32, seed + 1)
-    write_vae_checkpoint({k: v.cpu() for k, v in vae.state_dict().items()}, paths["vae"])
-    del vae
-    t5 = OmegaConf.to_container(cfg.model.tiny_t5) if "tiny_t5" in cfg.model else FULL_T5
-    if t5["d_model"] != network["text_hidden_size"]:
-        raise ValueError(f"T5 d_model {t5['d_model']} != the DiT's text_hidden_size {network['text_hidden_size']}")
-    write_t5_folder(paths["t5"], **t5, dtype=dtype if dtype != torch.float32 else torch.float16, seed=seed + 2,
-                    device=device)
-    return paths
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config  # noqa: E402
+from ditctrl.pipeline import check_weights, weight_paths  # noqa: E402
+from ditctrl.synthetic_checkpoint import write_synthetic_checkpoints  # noqa: E402
 
 
 def main(argv=None):

@@ -13,10 +13,6 @@ run_case() {
         esac
     done
     export WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1
-    if [ -n "$tiny" ]; then
-        echo "--tiny: random-weight tiny CogVideoX; the video checks the pipeline, not the picture."
-        python sat/make_synthetic_checkpoint.py --tiny
-    fi
     local cmd=(python "sat/$script" --base configs/cogvideox_2b.yaml configs/inference.yaml
                --custom-config "$case_yaml" ${tiny:+"$tiny"} "${overrides[@]}")
     echo "${cmd[*]}"

@@ -90,7 +90,8 @@ def main(argv=None):
             pipeline.dit.set_controller(build_controller(name, args, args.output_dir))
             denoiser = MultiPromptDenoiser(pipeline.guided(), layout, cond, uncond,
                                             share_work=args.share_unshared_work)
-            description = f"{name}: {len(prompts)} prompts, {layout.num_windows} windows, {max(layout.num_windows - 1, 1)} DiT calls/step"
+            description = (f"{name}: {len(prompts)} prompts, {layout.num_windows} windows, "
+                           f"{max(layout.num_windows - 1, 1)} window pairs/step")
             latent = sample_dpmpp_2m_sde(denoiser, noise.clone().to(pipeline.device), pipeline.schedule,
                                          full_noise_discarding_first, progress_bar(description))
             path = write_mp4(os.path.join(args.output_dir, file_name), pipeline.decode(latent)[0], args.sampling_fps)

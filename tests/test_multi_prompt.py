@@ -79,7 +79,7 @@ def test_explicit_step_and_pair_equal_original_counters():
     layout = segment_layout(3, 3, 1, 1)  # 5 windows, 4 pairs
     embeds = torch.randn(3, 7, 24)
     multi = MultiPromptDenoiser(GuidedDenoiser(model, num_steps=4), layout, window_conditions(layout, embeds),
-                                torch.zeros(layout.num_windows, 7, 24))
+                                torch.zeros(layout.num_windows, 7, 24), share_work=False)
     x = long_noise(layout, channels=16, height=4, width=6, seed=2)
     with torch.no_grad():
         sample_dpmpp_2m_sde(multi, x, sampling_schedule(4), seeded_noise(1))

@@ -3,8 +3,11 @@
 Only matrix products are counted (linear layers, the patch convolution, QKᵀ and PV), as in the spec;
 norms, activations, biases and the softmax are left out. All counts are per batch row.
 """
+import inspect
 from dataclasses import dataclass
 from typing import Mapping
+
+from .dit import DiffusionTransformer
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,10 @@ class DiTSize:
 
     @classmethod
     def from_network_params(cls, params: Mapping) -> "DiTSize":
-        """From `model.network_config.params` (defaults as in `DiffusionTransformer`)."""
-        values = {**dict(text_length=226, in_channels=16, out_channels=16, patch_size=2), **params}
+        """From `model.network_config.params`; keys it omits take `DiffusionTransformer`'s defaults."""
+        parameters = inspect.signature(DiffusionTransformer).parameters.values()
+        defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+        values = {**defaults, **params}
         return cls(**{name: values[name] for name in cls.__dataclass_fields__})
 
     def video_tokens(self, latent_frames: int) -> int:
@@ -47,9 +52,9 @@ def attention_flops_per_layer(tokens: int, hidden: int) -> int:
 
 def layer_flops(size: DiTSize, latent_frames: int) -> int:
     """One transformer layer for one row: linear + attention + its adaLN modulation (t_emb → 12d)."""
-    tokens = size.sequence_length(latent_frames)
-    adaln = 2 * size.time_embed_dim * 12 * size.hidden_size
-    return linear_flops_per_layer(tokens, size.hidden_size) + attention_flops_per_layer(tokens, size.hidden_size) + adaln
+    tokens, d = size.sequence_length(latent_frames), size.hidden_size
+    adaln = 2 * size.time_embed_dim * 12 * d
+    return linear_flops_per_layer(tokens, d) + attention_flops_per_layer(tokens, d) + adaln
 
 
 def outer_flops(size: DiTSize, latent_frames: int) -> int:
@@ -73,4 +78,5 @@ def run_flops(size: DiTSize, latent_frames: int, row_layers: int) -> int:
 
     The layer-independent part is charged once per `num_layers` row-layers (0.01 % of the total at full size).
     """
-    return row_layers * layer_flops(size, latent_frames) + row_layers * outer_flops(size, latent_frames) // size.num_layers
+    outer = row_layers * outer_flops(size, latent_frames) // size.num_layers
+    return row_layers * layer_flops(size, latent_frames) + outer

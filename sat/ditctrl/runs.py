@@ -11,6 +11,7 @@ from .checkpoints import MissingCheckpointError
 from .config import (announce_overwrites, check_index_range, expand_prompts, parse_cli, prepare_output_dir,
                      resolve_device, write_resolved_config)
 from .pipeline import Pipeline, check_weights, weight_paths
+from .synthetic_checkpoint import ensure_synthetic_checkpoints
 from .text_encoder import T5Tokens
 
 RANDOM_WEIGHTS_NOTE = ("note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, "
@@ -32,8 +33,10 @@ def check_schedule_ranges(cfg) -> None:
     args = cfg.args
     num_layers = cfg.model.network_config.params.num_layers
     num_steps = cfg.model.sampler_config.params.num_steps
-    for name, upper in (("layer_idx", num_layers), ("attn_map_layer_idx", num_layers),
-                        ("step_idx", num_steps), ("attn_map_step_idx", num_steps)):
+    ranges = [("layer_idx", num_layers), ("step_idx", num_steps)]
+    if "VisualizeAdaLNMixin" in args.adaln_mixin_names:
+        ranges += [("attn_map_layer_idx", num_layers), ("attn_map_step_idx", num_steps)]
+    for name, upper in ranges:
         check_index_range(name, args[name], upper)
     check_index_range("start_layer", args.start_layer, num_layers)
     check_index_range("start_step", args.start_step, num_steps)
@@ -67,11 +70,12 @@ def start_run(argv, planned_outputs, check_prompts=None):
     written and the models built (T5 ready to encode).
     """
     cfg = parse_cli(argv)
-    if "tiny_t5" in cfg.model:
-        print(RANDOM_WEIGHTS_NOTE)
     prompts = expand_prompts(cfg.args)
     check_schedule_ranges(cfg)
     plan = planned_outputs(cfg, prompts)
+    if "tiny_t5" in cfg.model:
+        print(RANDOM_WEIGHTS_NOTE)
+        ensure_synthetic_checkpoints(cfg)  # the tiny model's weights are written on first use
     check_weights(cfg)
     if check_prompts is not None:
         tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)

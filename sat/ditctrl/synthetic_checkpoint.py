@@ -14,8 +14,13 @@ import sentencepiece
 import torch
 from safetensors.torch import save_file
 
-from ditctrl.checkpoints import DIT_FILE_NAME, DIT_PREFIX, POSITION_TABLE_KEY, T5_INDEX_NAME
+from omegaconf import OmegaConf
+
+from ditctrl.checkpoints import DIT_FILE_NAME, DIT_PREFIX, POSITION_TABLE_KEY, T5_INDEX_NAME, MissingCheckpointError
+from ditctrl.dit import DiffusionTransformer
+from ditctrl.pipeline import check_weights, run_dtype, weight_paths
 from ditctrl.text_encoder import T5_MAX_LENGTH
+from ditctrl.vae import CogVideoXVAE
 
 TOKENIZER_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tokenizer_corpus.txt")
 SENTENCEPIECE_PIECES = 1000  # <pad>=0, </s>=1, <unk>=2, then 997 learned pieces
@@ -232,3 +237,44 @@ def randomize_module(module: torch.nn.Module, seed: int = 0) -> None:
         else:
             value = 0.1 * noise
         p.copy_(value)
+
+
+FULL_T5 = dict(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64)  # t5-v1_1-xxl
+
+
+def build_random(module_type, params: dict, device: str, dtype: torch.dtype, seed: int) -> torch.nn.Module:
+    with torch.device("meta"):
+        module = module_type(**params)
+    module.to_empty(device=device)
+    randomize_module(module, seed)
+    return module.to(dtype)
+
+
+def write_synthetic_checkpoints(cfg, device: str = "cpu", seed: int = 0) -> dict:
+    """Write the transformer, VAE and T5 of `cfg` with random weights; returns their paths."""
+    paths = weight_paths(cfg)
+    dtype = run_dtype(cfg.args)
+    network = OmegaConf.to_container(cfg.model.network_config.params)
+    dit = build_random(DiffusionTransformer, {**network, "skip_init": True}, device, dtype, seed)
+    write_transformer_checkpoint({k: v.cpu() for k, v in dit.state_dict().items()}, paths["transformer"])
+    del dit
+    vae = build_random(CogVideoXVAE, OmegaConf.to_container(cfg.model.first_stage_config.params), device,
+                       torch.float32, seed + 1)
+    write_vae_checkpoint({k: v.cpu() for k, v in vae.state_dict().items()}, paths["vae"])
+    del vae
+    t5 = OmegaConf.to_container(cfg.model.tiny_t5) if "tiny_t5" in cfg.model else FULL_T5
+    if t5["d_model"] != network["text_hidden_size"]:
+        raise ValueError(f"T5 d_model {t5['d_model']} != the DiT's text_hidden_size {network['text_hidden_size']}")
+    write_t5_folder(paths["t5"], **t5, dtype=dtype if dtype != torch.float32 else torch.float16, seed=seed + 2,
+                    device=device)
+    return paths
+
+
+def ensure_synthetic_checkpoints(cfg, device: str = "cpu") -> None:
+    """Write random-weight checkpoints where `cfg` expects them, unless all three are there (then reuse)."""
+    try:
+        check_weights(cfg)
+    except MissingCheckpointError:
+        print(f"writing random-weight checkpoints to {os.path.dirname(weight_paths(cfg)['transformer'])} "
+              f"(once; later runs reuse them)")
+        write_synthetic_checkpoints(cfg, device)

@@ -1,0 +1,362 @@
+"""Speed and memory benchmark of the DiTCtrl pipeline on synthetic (random-weight) CogVideoX checkpoints.
+
+    python sat/benchmark.py                         # CogVideoX-2B size on CUDA, fp16, 50 steps
+    python sat/benchmark.py --steps 5 --repeats 3   # quicker: 50-step totals are extrapolated (and say so)
+    python sat/benchmark.py --tiny                  # the tiny CPU config (the default without CUDA)
+
+Sections (each can be left out with --skip):
+  forward      one DiT forward at batch 4 (13 latent frames, full latent grid and text length) with
+               plain attention, KV-sharing on every layer and mask-guided KV-sharing on every layer:
+               time, TFLOP/s and peak memory, and the mask-guided / KV-sharing ratios;
+  rose         the rose case (3 prompts, 7 windows, 37 latent frames) with KV-sharing, with and without
+               the shared per-window work: seconds per step, row-layer evaluations and FLOPs;
+  single_clip  one 49-frame clip (batch 2 per forward): seconds per step;
+  memory       peak memory of the pipeline's phases: T5 encode (then DiT load), sampling, VAE decode.
+The synthetic checkpoints are written on first use and reused. Prints a short table and writes
+everything, with the settings, as JSON to --out. Random weights make noise videos, but every kernel
+runs at the real model's shapes.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, MaskGuidedKVSharing  # noqa: E402
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, resolve_device  # noqa: E402
+from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
+from ditctrl.multi_prompt import MultiPromptDenoiser, long_noise, row_layer_count, window_conditions  # noqa: E402
+from ditctrl.pipeline import Pipeline, weight_paths  # noqa: E402
+from ditctrl.sampler import full_noise_discarding_first, sample_dpmpp_2m_sde, shared_row_noise  # noqa: E402
+from ditctrl.segment_layout import segment_layout  # noqa: E402
+from ditctrl.synthetic_checkpoint import ensure_synthetic_checkpoints  # noqa: E402
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROSE_CASE = os.path.join(REPO_DIR, "inference_case_configs", "multi_prompts", "rose.yaml")
+SECTIONS = ("forward", "rose", "single_clip", "memory")
+FULL_STEPS = 50  # the sampler's step count in every shipped config
+FULL_CHECKPOINT_DIR = "CogVideoX-2b-synthetic"  # resolved from sat/, like the real CogVideoX-2b-sat/
+FORWARD_BATCH = 4  # (u_source, u_target, c_source, c_target)
+MAX_BATCH_WINDOWS = 2
+TIME_TARGET, MEMORY_TARGET = 1.3, 1.2  # mask-guided / KV-sharing forward
+GIB = 2**30
+
+
+class Clock:
+    """Synchronised wall time and peak memory on one device.
+
+    CUDA: `max_memory_allocated` since the phase began. CPU: the process's peak RSS, which cannot
+    be reset, so a CPU phase reports the peak of everything up to its end.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.cuda = device, device.type == "cuda"
+        self.memory_metric = ("CUDA max_memory_allocated during the phase" if self.cuda
+                              else "CPU peak RSS of the whole process up to the phase's end (cannot be reset)")
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def peak_gib(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / GIB
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak * (1 if sys.platform == "darwin" else 1024) / GIB
+
+    @contextmanager
+    def phase(self):
+        """Yields a dict that receives `seconds`, `peak_gib` and (CUDA only) `above_start_gib` when the block ends."""
+        record = {}
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            start_gib = torch.cuda.memory_allocated(self.device) / GIB
+        start = self.now()
+        yield record
+        record["seconds"] = self.now() - start
+        record["peak_gib"] = self.peak_gib()
+        if self.cuda:
+            record["above_start_gib"] = record["peak_gib"] - start_gib
+
+    def step_timer(self, seconds: list):
+        """A sampler `progress` wrapper that appends each step's synchronised wall time to `seconds`."""
+        def progress(steps):
+            for step in steps:
+                start = self.now()
+                yield step
+                seconds.append(self.now() - start)
+        return progress
+
+
+def step_times(seconds: list, work_measured: int, work_full: int) -> dict:
+    """Per-step times, their total, and the 50-step total, scaled by the DiT work when fewer steps ran."""
+    measured = len(seconds) == FULL_STEPS
+    return {"seconds_per_step": statistics.mean(seconds), "seconds_per_step_all": seconds,
+            "seconds_measured": sum(seconds),
+            "seconds_50_steps": sum(seconds) * (1 if measured else work_full / work_measured),
+            "seconds_50_steps_source": "measured" if measured else
+            f"extrapolated from {len(seconds)} measured steps in proportion to the DiT work (row-layers)"}
+
+
+def step_line(section: str, name: str, result: dict) -> str:
+    source = "" if result["seconds_50_steps_source"] == "measured" else " (extrapolated)"
+    return (f"{section:<8} {name:<12} {result['seconds_per_step']:9.3f} s/step   "
+            f"50 steps {result['seconds_50_steps']:9.1f} s{source}")
+
+
+def ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def format_ratio(value) -> str:
+    return "n/a on CPU" if value is None else f"{value:.2f}x"
+
+
+class Benchmark:
+    """The rose case's pipeline, loaded once (T5 encode, then the DiT), and the four sections."""
+
+    def __init__(self, cfg, device: str, repeats: int):
+        self.args, self.repeats = cfg.args, repeats
+        self.clock = Clock(torch.device(device))
+        self.size = DiTSize.from_network_params(cfg.model.network_config.params)
+        self.prompts = list(cfg.args.prompts)
+        self.layout = segment_layout(len(self.prompts), self.args.sampling_num_frames, self.args.overlap_size,
+                                     self.args.num_transition_blocks, self.args.longer_mid_segment)
+        self.kv_schedule = ControlSchedule.from_args(self.args)
+        with self.clock.phase() as encode:
+            self.pipeline = Pipeline(cfg, device)
+            self.embeds = self.pipeline.encode(self.prompts)  # (P, L, D)
+        self.encode_phase, self.dit = encode, self.pipeline.dit
+        self.rose_runs = {}  # share_work -> the sampled run, shared by the rose and memory sections
+
+    def noise(self) -> torch.Tensor:
+        """(1, L, C, H, W) initial noise of the rose case's long latent, on the CPU."""
+        return long_noise(self.layout, self.args.latent_channels, self.size.latent_height, self.size.latent_width,
+                          self.args.seed)
+
+    def forward(self) -> tuple[dict, list]:
+        """Section 1: one batch-4 DiT forward per controller, median of the repeats after one warm-up."""
+        size, tile, device = self.size, self.layout.tile, self.clock.device
+        generator = torch.Generator(device).manual_seed(0)
+        latents = torch.randn(FORWARD_BATCH, tile, size.in_channels, size.latent_height, size.latent_width,
+                              generator=generator, device=device)
+        context = torch.randn(FORWARD_BATCH, size.text_length, size.text_hidden_size, generator=generator,
+                              device=device)
+        timesteps = torch.full((FORWARD_BATCH,), 500.0, device=device)
+        every_layer = ControlSchedule(frozenset({0}), frozenset(range(size.num_layers)))
+        controllers = {
+            "plain": AttentionController(),
+            "kv_sharing": KVSharing(every_layer),
+            "mask_guided": MaskGuidedKVSharing(every_layer, self.args.thres, self.args.ref_token_idx,
+                                               self.args.cur_token_idx),
+        }
+        flops = forward_flops(size, tile, FORWARD_BATCH)
+        results, lines = {}, []
+        for name, controller in controllers.items():
+            self.dit.set_controller(controller)
+            seconds, memory = self._time_forward(latents, timesteps, context)
+            ms = 1000 * statistics.median(seconds)
+            results[name] = {"ms_per_forward": ms, "ms_all": [1000 * s for s in seconds],
+                             "tflop_per_s": flops / (ms / 1000) / 1e12, "peak_gib": memory["peak_gib"],
+                             "activation_gib": memory.get("above_start_gib")}
+            lines.append(f"forward  {name:<12} {ms:9.1f} ms   {results[name]['tflop_per_s']:9.3g} TFLOP/s   "
+                         f"peak {memory['peak_gib']:.2f} GiB")
+        self.dit.set_controller(AttentionController())
+        mask, kv = results["mask_guided"], results["kv_sharing"]
+        comparison = {"time_ratio": mask["ms_per_forward"] / kv["ms_per_forward"], "time_target": TIME_TARGET,
+                      "peak_memory_ratio": ratio(mask["peak_gib"], kv["peak_gib"]) if self.clock.cuda else None,
+                      "activation_memory_ratio": ratio(mask["activation_gib"], kv["activation_gib"]),
+                      "memory_target": MEMORY_TARGET}
+        lines.append(f"forward  mask-guided / KV-sharing: time {comparison['time_ratio']:.2f}x (target <= "
+                     f"{TIME_TARGET}), peak memory {format_ratio(comparison['peak_memory_ratio'])}, memory above "
+                     f"the inputs {format_ratio(comparison['activation_memory_ratio'])} (target <= {MEMORY_TARGET})")
+        settings = {"batch": FORWARD_BATCH, "latent_frames": tile, "tokens": size.sequence_length(tile),
+                    "latent_grid": [size.latent_height, size.latent_width], "text_length": size.text_length,
+                    "warmup": 1,
+                    "repeats": self.repeats, "controlled": "step 0, every layer (KV-sharing and mask-guided)",
+                    "kv_sharing_kernel": "one batched SDPA call over the 4 rows, targets with their source's K/V",
+                    "tflop_per_forward": flops / 1e12,
+                    "tflop_per_s_note": "the plain forward's FLOPs divided by each controller's time"}
+        return {"settings": settings, **results, "mask_guided_vs_kv_sharing": comparison}, lines
+
+    def _time_forward(self, latents, timesteps, context) -> tuple[list, dict]:
+        """One warm-up forward, then `repeats` timed ones (step 0, pair 0): their seconds and memory phase."""
+        self.dit(latents, timesteps, context, step=0, pair=0)
+        seconds = []
+        with self.clock.phase() as memory:
+            for _ in range(self.repeats):
+                start = self.clock.now()
+                self.dit(latents, timesteps, context, step=0, pair=0)
+                seconds.append(self.clock.now() - start)
+        return seconds, memory
+
+    def rose_run(self, share_work: bool) -> dict:
+        """The rose case sampled with KV-sharing's default schedule, as sample_video.py does (cached)."""
+        if share_work not in self.rose_runs:
+            cond = window_conditions(self.layout, self.embeds)
+            self.dit.set_controller(KVSharing(self.kv_schedule))
+            denoiser = MultiPromptDenoiser(self.pipeline.guided(), self.layout, cond, torch.zeros_like(cond),
+                                           share_work=share_work, max_batch_windows=MAX_BATCH_WINDOWS)
+            seconds = []
+            torch.manual_seed(self.args.seed)
+            with self.clock.phase() as sampling:
+                latent = sample_dpmpp_2m_sde(denoiser, self.noise().to(self.clock.device), self.pipeline.schedule,
+                                             full_noise_discarding_first, self.clock.step_timer(seconds))
+            self.dit.set_controller(AttentionController())
+            self.rose_runs[share_work] = {"latent": latent, "seconds": seconds, "sampling": sampling}
+        return self.rose_runs[share_work]
+
+    def rose(self) -> tuple[dict, list]:
+        """Section 2: seconds per step and the run's DiT work, with and without the shared per-window work."""
+        results, lines = {}, []
+        for name, share_work in (("share_work", True), ("faithful", False)):
+            seconds = self.rose_run(share_work)["seconds"]
+            row_layers = self._rose_row_layers(len(seconds), share_work)
+            row_layers_full = self._rose_row_layers(FULL_STEPS, share_work)
+            results[name] = {**step_times(seconds, row_layers, row_layers_full),
+                             "row_layers_measured": row_layers, "row_layers_50_steps": row_layers_full,
+                             "pflop_50_steps": run_flops(self.size, self.layout.tile, row_layers_full) / 1e15}
+            lines.append(step_line("rose", name, results[name])
+                         + f"   {row_layers_full} row-layers, {results[name]['pflop_50_steps']:.3g} PFLOP")
+        results["faithful_vs_shared_work"] = (results["faithful"]["row_layers_50_steps"]
+                                              / results["share_work"]["row_layers_50_steps"])
+        layout = self.layout
+        settings = {"prompts": len(self.prompts), "tile": layout.tile, "overlap": layout.overlap,
+                    "windows": layout.num_windows, "latent_frames": layout.length, "video_frames": layout.video_frames,
+                    "controller": "KVSharing", "controlled_steps": sorted(self.kv_schedule.steps),
+                    "controlled_layers": sorted(self.kv_schedule.layers), "max_batch_windows": MAX_BATCH_WINDOWS,
+                    "steps_measured": self.pipeline.schedule.num_steps}
+        return {"settings": settings, **results}, lines
+
+    def _rose_row_layers(self, steps: int, share_work: bool) -> int:
+        return row_layer_count(self.layout, steps, self.size.num_layers, self.kv_schedule.steps,
+                               min(self.kv_schedule.layers), share_work)
+
+    def single_clip(self) -> tuple[dict, list]:
+        """Section 3: one 49-frame clip of the first prompt on its window's noise, plain attention, batch 2."""
+        guided = self.pipeline.guided()
+        cond = self.embeds[:1]
+        uncond = torch.zeros_like(cond)
+        x = self.noise()[:, self.layout.window(0)].to(self.clock.device)
+        seconds = []
+        torch.manual_seed(self.args.seed)
+        sample_dpmpp_2m_sde(lambda x, i, a, t: guided(x, i, a, t, cond, uncond), x, self.pipeline.schedule,
+                            shared_row_noise, self.clock.step_timer(seconds))
+        result = step_times(seconds, len(seconds), FULL_STEPS)  # every step is the same work
+        tile = self.layout.tile
+        settings = {"latent_frames": tile, "video_frames": 4 * (tile - 1) + 1, "rows_per_forward": 2,
+                    "controller": "plain", "steps_measured": len(seconds)}
+        return {"settings": settings, **result}, [step_line("single", "49 frames", result)]
+
+    def memory(self) -> tuple[dict, list]:
+        """Section 4: peak memory of each phase: encode (T5, then DiT load), rose sampling, VAE decode."""
+        run = self.rose_run(share_work=True)
+        with self.clock.phase() as decode:
+            self.pipeline.decode(run["latent"])
+        phases = {"t5_encode_then_dit_load": self.encode_phase["peak_gib"], "sampling": run["sampling"]["peak_gib"],
+                  "vae_decode": decode["peak_gib"]}
+        result = {"metric": self.clock.memory_metric, "phases_gib": phases, "max_gib": max(phases.values()),
+                  "vae_decode_seconds": decode["seconds"],
+                  "settings": {"case": "rose", "sampling": "KVSharing with share_work",
+                               "decoded_latent_frames": self.layout.length,
+                               "vae_chunked_decode": self.args.vae_chunked_decode, "offload": self.args.offload}}
+        label = "GPU memory" if self.clock.cuda else "CPU peak RSS (process, cumulative)"
+        lines = [f"memory   {label}: " + ", ".join(f"{phase} {gib:.2f} GiB" for phase, gib in phases.items())
+                 + f"; max {result['max_gib']:.2f} GiB"]
+        return result, lines
+
+
+def parse_options(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--tiny", dest="tiny", action="store_true", default=None,
+                      help="the tiny model (configs/cogvideox_tiny.yaml); the default without CUDA")
+    size.add_argument("--full", dest="tiny", action="store_false", help="CogVideoX-2B size; the default on CUDA")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:<index>")
+    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default fp16 on CUDA, fp32 on CPU")
+    parser.add_argument("--checkpoint-dir", help="where the synthetic checkpoints are written once and reused "
+                        f"(default: sat/{FULL_CHECKPOINT_DIR} at full size, the tiny config's folder with --tiny)")
+    parser.add_argument("--steps", type=int, default=FULL_STEPS,
+                        help="sampling steps to time; with fewer than 50 the 50-step totals are extrapolated")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per controller (after one warm-up)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
+    parser.add_argument("--out", default="outputs/benchmark/benchmark.json", help="JSON result file")
+    options = parser.parse_args(argv)
+    if options.steps < 2:
+        parser.error(f"--steps must be >= 2, got {options.steps}")
+    if options.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {options.repeats}")
+    try:
+        options.device = resolve_device(options.device)
+    except ValueError as error:
+        parser.error(str(error).replace("args.device", "--device"))
+    on_cuda = options.device.startswith("cuda")
+    if options.tiny is None:
+        options.tiny = not on_cuda
+    if not options.tiny and not on_cuda:
+        parser.error("--full needs a CUDA device (a full-size CPU run would take many hours); use --tiny")
+    options.dtype = options.dtype or ("fp16" if on_cuda else "fp32")
+    return options
+
+
+def benchmark_config(options):
+    """The rose case on the chosen model size, dtype, step count and checkpoint folder."""
+    overrides = [f"args.fp16={options.dtype == 'fp16'}", f"args.bf16={options.dtype == 'bf16'}",
+                 f"model.sampler_config.params.num_steps={options.steps}"]
+    if options.checkpoint_dir is not None:
+        folder = os.path.abspath(options.checkpoint_dir)
+    else:
+        folder = None if options.tiny else FULL_CHECKPOINT_DIR  # None: the tiny config's own folder
+    if folder is not None:
+        overrides += [f"args.load={os.path.join(folder, 'transformer')}",
+                      f"model.first_stage_config.ckpt_path={os.path.join(folder, 'vae', '3d-vae.pt')}",
+                      f"model.conditioner_config.params.model_dir={os.path.join(folder, 't5-v1_1-xxl')}"]
+    base = [MODEL_CONFIG, *([TINY_MODEL_CONFIG] if options.tiny else [])]
+    return load_config(base, ROSE_CASE, overrides)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} (torch threads: {torch.get_num_threads()})"
+
+
+def main(argv=None) -> dict:
+    """Run the sections not skipped; print the table, write the JSON and return the results."""
+    options = parse_options(argv)
+    cfg = benchmark_config(options)
+    ensure_synthetic_checkpoints(cfg, options.device)
+    results = {"settings": {
+        "size": "tiny" if options.tiny else "full", "device": device_name(options.device), "dtype": options.dtype,
+        "steps": options.steps, "repeats": options.repeats, "torch": torch.__version__,
+        "attention_backend": cfg.args.attention_backend, "weights": "synthetic (random)",
+        "checkpoint_dir": os.path.dirname(weight_paths(cfg)["transformer"])}}
+    lines = []
+    with torch.no_grad():
+        bench = Benchmark(cfg, options.device, options.repeats)
+        for section in SECTIONS:
+            if section not in options.skip:
+                print(f"benchmarking {section} ...")
+                results[section], section_lines = getattr(bench, section)()
+                lines += section_lines
+    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
+    with open(options.out, "w") as file:
+        json.dump(results, file, indent=2)
+    settings = results["settings"]
+    print(f"\n{settings['size']} size, {settings['device']}, {settings['dtype']}, {settings['steps']} steps")
+    print("\n".join(lines))
+    print(f"wrote {options.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

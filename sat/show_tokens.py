@@ -1,0 +1,36 @@
+"""Print the T5 tokens of a prompt with their indices, to choose `ref_token_idx`, `cur_token_idx`,
+`reweight_token_idx` or `attn_map_token_idx`.
+
+    python sat/show_tokens.py --prompt "pink teddy bear on a wooden table" [--tiny]
+
+Index 0 is the prompt's first SentencePiece piece (T5 prepends nothing); a word may span several
+pieces ("▁" marks a word start). Only the tokenizer is loaded, not the encoder weights.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config  # noqa: E402
+from ditctrl.pipeline import weight_paths  # noqa: E402
+from ditctrl.runs import user_errors  # noqa: E402
+from ditctrl.text_encoder import T5Tokens  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompt", required=True, nargs="+", help="one or more prompts")
+    parser.add_argument("--tiny", action="store_true", help="the tiny synthetic tokenizer instead of the real T5's")
+    options = parser.parse_args(argv)
+    with user_errors():
+        cfg = load_config([MODEL_CONFIG, *([TINY_MODEL_CONFIG] if options.tiny else [])], require_prompts=False)
+        tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
+    for p, prompt in enumerate(options.prompt):
+        print(f"prompt {p}: {prompt}")
+        for index, piece in tokens.tokens(prompt):
+            print(f"  {index:4d}  {piece}")
+
+
+if __name__ == "__main__":
+    main()

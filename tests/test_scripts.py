@@ -1,0 +1,162 @@
+"""The entry points end to end on the tiny random-weight model (few sampler steps to keep CI fast).
+
+Three cases go through the run_*.sh scripts as a user would call them; the rest call the same
+entry functions in-process, which saves the interpreter start-up of every run.
+"""
+import os
+import subprocess
+
+import imageio.v3 as iio
+import pytest
+import yaml
+
+import sample_video
+from ditctrl.clip_runs import check_edit_prompts, run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["model.sampler_config.params.num_steps=4"]
+BASE = ["--base", "configs/cogvideox_2b.yaml", "configs/inference.yaml"]
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def multi_prompt(case, *overrides):
+    sample_video.main([*BASE, "--custom-config", case, "--tiny", *overrides])
+
+
+def edit(case, *overrides):
+    run([*BASE, "--custom-config", case, "--tiny", *overrides], "editing", ("source", "target"), check_edit_prompts)
+
+
+def user_error(capsys, call, *args) -> str:
+    """The one-line error of a run that must stop before any model work."""
+    with pytest.raises(SystemExit) as stop:
+        call(*args)
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, captured.err
+    assert "step/s" not in captured.err and "s/step" not in captured.err  # no sampling started
+    return errors[0]
+
+
+def run_script(script, *args, check=True):
+    result = subprocess.run(["bash", script, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def frames_of(path):
+    """(frames, height, width, 3) of an mp4."""
+    return iio.imread(path)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def test_multi_prompt_with_isolated_baseline(out):
+    target = out / "rose"
+    run_script("run_multi_prompt.sh", "--tiny", f"args.output_dir={target}", "args.is_run_isolated=True", *FAST)
+    video = frames_of(target / "MultiPrompt_frames145.mp4")
+    assert video.shape == (145, 32, 48, 3)
+    isolated = sorted(os.listdir(target / "isolated"))
+    assert len(isolated) == 4 and "all_frames147.mp4" in isolated
+    assert isolated[0].startswith("0_A_gentle_close_shot_of_the_same_rose_petal,_where") and isolated[0].endswith("_frames49.mp4")
+    assert frames_of(target / "isolated" / "all_frames147.mp4").shape[0] == 147
+    params = yaml.safe_load(open(target / "params.yaml"))
+    assert len(params["args"]["prompts"]) == 3 and params["model"]["sampler_config"]["params"]["num_steps"] == 4
+
+
+def test_single_prompt_long_video(out):
+    target = out / "single"
+    multi_prompt("inference_case_configs/single_prompt/jellyfish.yaml", f"args.output_dir={target}", *FAST)
+    assert frames_of(target / "MultiPrompt_frames241.mp4").shape == (241, 32, 48, 3)  # 5 prompts, 13 windows
+
+
+def test_mask_guided_case_writes_masks(out):
+    target = out / "masks"
+    multi_prompt("inference_case_configs/multi_prompts/horse_beach_snow.yaml", f"args.output_dir={target}", *FAST)
+    assert frames_of(target / "MultiPrompt_frames97.mp4").shape[0] == 97
+    masks = sorted(os.listdir(target / "attn_map" / "segment0"))
+    # controlled steps 2, 3 (of 4) x layers 25..29 x source/target
+    assert len(masks) == 20 and "mask_s_step2_layer25_all_frames.png" in masks
+    assert sorted(os.listdir(target / "attn_map")) == ["segment0", "segment1", "segment2"]
+    assert iio.imread(target / "attn_map" / "segment1" / "mask_t_step3_layer29_all_frames.png").shape == (2, 39, 3)
+
+
+def test_word_swap_edit(out):
+    target = out / "edit"
+    run_script("run_edit_video.sh", "--tiny", f"args.output_dir={target}", *FAST)
+    assert frames_of(target / "editing_frames49.mp4").shape == (49, 32, 96, 3)
+    for role in ("source", "target"):
+        assert frames_of(target / f"editing_{role}_frames49.mp4").shape == (49, 32, 48, 3)
+
+
+def test_reweight_edit(out):
+    target = out / "reweight"
+    edit("inference_case_configs/reweight/balloon_red_0.yaml", f"args.output_dir={target}", *FAST)
+    assert frames_of(target / "editing_frames49.mp4").shape == (49, 32, 96, 3)
+
+
+def test_visualize(out):
+    target = out / "visualize"
+    run_script("run_visualize.sh", "--tiny", f"args.output_dir={target}", "args.attn_map_step_idx=[2]",
+               "args.attn_map_layer_idx=[3,29]", *FAST)
+    assert frames_of(target / "visualization_frames49.mp4").shape == (49, 32, 48, 3)
+    maps = sorted(os.listdir(target / "attn_map"))
+    assert maps == ["overview.png", "step2_layer29", "step2_layer3"]
+    names = sorted(os.listdir(target / "attn_map" / "step2_layer3"))
+    assert "token_attention_vertical_step_2_layer_3_selected_frame_10_first_6_tokens.png" in names
+    assert {"text_attn_map.npy", "spatial_attn_map_frame6.npy", "temporal_attn_map_pos_1_1.npy"} <= set(names)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["args.overlap-size=3"], "did you mean 'overlap_size'"),
+    (["args.overlap_size=13"], "must be smaller than the tile"),
+    (["args.seed=zero"], "args.seed must be an int"),
+    (["args.ref_token_idx=[64]", "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]"], "args.ref_token_idx = 64"),
+    (["args.layer_idx=[30]"], "args.layer_idx contains 30"),
+])
+def test_bad_input_is_one_line_before_model_work(out, capsys, args, message):
+    error = user_error(capsys, multi_prompt, "inference_case_configs/multi_prompts/rose.yaml",
+                       f"args.output_dir={out / 'bad'}", *args)
+    assert message in error
+
+
+def test_missing_real_weights_name_the_paths_and_the_way_out():
+    result = run_script("run_multi_prompt.sh", check=False)
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: missing checkpoint ") and "sat/CogVideoX-2b-sat/transformer/latest" in error
+    assert "sat/CogVideoX-2b-sat/vae/3d-vae.pt" in error and "--tiny" in error and "huggingface.co/THUDM/CogVideoX-2b" in error
+
+
+def test_unwritable_output_dir(out, capsys):
+    blocker = out / "a_file"
+    blocker.write_text("not a folder")
+    assert str(blocker / "sub") in user_error(capsys, edit, "inference_case_configs/edit/bus_truck.yaml",
+                                              f"args.output_dir={blocker / 'sub'}")
+
+
+def test_edit_needs_two_prompts(out, capsys):
+    assert "exactly 2 prompts" in user_error(capsys, edit, "inference_case_configs/edit/bus_truck.yaml",
+                                             f"args.output_dir={out / 'edit3'}", "args.prompts=[a,b,c]")
+
+
+def test_reweight_needs_equal_token_counts(out, capsys):
+    assert "same number of tokens" in user_error(capsys, edit, "inference_case_configs/reweight/balloon_red_0.yaml",
+                                                 f"args.output_dir={out / 'rw'}", "args.prompts=[a red cat,a cat]")
+
+
+def test_existing_outputs_are_announced(out, capsys):
+    target = out / "again"
+    edit("inference_case_configs/edit/bus_truck.yaml", f"args.output_dir={target}", "model.sampler_config.params.num_steps=3")
+    capsys.readouterr()
+    edit("inference_case_configs/edit/bus_truck.yaml", f"args.output_dir={target}", "model.sampler_config.params.num_steps=3")
+    assert f"overwriting existing {target / 'editing_frames49.mp4'}" in capsys.readouterr().out
