@@ -42,9 +42,18 @@ class PositionEmbedding3DMixin(BaseMixin):
     def __init__(self, hidden_size, text_length, frames, height, width, spatial_interpolation, temporal_interpolation):
         super().__init__()
         self.text_length, self.grid = text_length, (frames, height, width)
-        table = sincos_3d(hidden_size, frames, height, width, spatial_interpolation, temporal_interpolation)
-        text_rows = torch.zeros(text_length, hidden_size, device=table.device)
-        self.register_buffer("pos_embedding", torch.cat([text_rows, table])[None])  # (1, text + F·h·w, d)
+        self.table_args = (hidden_size, frames, height, width, spatial_interpolation, temporal_interpolation)
+        self.register_buffer("pos_embedding", self.table())  # (1, text + F·h·w, d)
+
+    def table(self) -> torch.Tensor:
+        """The fixed table with zero rows for the text tokens, fp32 on the CPU."""
+        video = sincos_3d(*self.table_args)
+        return torch.cat([torch.zeros(self.text_length, video.shape[1], device=video.device), video])[None]
+
+    def reinit(self, parent_model=None):
+        """Recompute the table in place (after `to_empty`; checkpoints do not carry it)."""
+        with torch.no_grad():
+            self.pos_embedding.copy_(self.table())
 
     def position_embedding_forward(self, position_ids, **kw):
         frames, height, width = kw["token_grid"]

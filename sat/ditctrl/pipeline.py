@@ -59,10 +59,9 @@ def run_dtype(args) -> torch.dtype:
 def build_transformer(network_params: dict, state_dict: dict, device, dtype) -> DiffusionTransformer:
     """The DiT with the checkpoint's weights, allocated once, directly on `device` in `dtype`."""
     with torch.device("meta"):
-        model = DiffusionTransformer(**network_params, skip_init=True)
-    model.to_empty(device=device)
+        model = DiffusionTransformer(**network_params, skip_init=True).to(dtype)
+    model.to_empty(device=device)  # the one allocation of the weights
     model.get_mixin("pos_embed").reinit()  # the fixed table is recomputed, never read from the file
-    model.to(dtype)
     load_state_dict_strict(model, state_dict, "transformer", ignore={POSITION_TABLE_KEY})
     return model.eval().requires_grad_(False)
 
@@ -70,8 +69,8 @@ def build_transformer(network_params: dict, state_dict: dict, device, dtype) -> 
 def build_vae(cfg, device, dtype) -> CogVideoXVAE:
     params = OmegaConf.to_container(cfg.model.first_stage_config.params)
     with torch.device("meta"):
-        vae = CogVideoXVAE(**params)
-    vae.to_empty(device=device).to(dtype)
+        vae = CogVideoXVAE(**params).to(dtype)
+    vae.to_empty(device=device)
     load_state_dict_strict(vae, read_vae_state_dict(weight_paths(cfg)["vae"]), "VAE")
     return vae.eval().requires_grad_(False)
 
