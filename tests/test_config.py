@@ -29,7 +29,8 @@ REFERENCE_DEFAULTS = {
     "cur_token_idx": [0], "single_prompt_length": 0, "reweight_token_idx": 0, "reweight_scale": -5,
 }
 ADDED_DEFAULTS = {
-    "prompts": None, "bf16": False, "device": "auto", "reweight_kv_switch_step": 2, "attention_backend": "auto",
+    "prompts": None, "bf16": False, "device": "auto", "reweight_kv_switch_step": 2, "reweight_additive": False,
+    "attention_backend": "auto",
     "share_unshared_work": True, "offload": False, "vae_chunked_decode": True,
     "attn_map_token_idx": [0, 1, 2, 3, 4, 5],
 }

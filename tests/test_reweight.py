@@ -114,7 +114,10 @@ def test_bad_arguments_raise_on_construction(tokens, scale, switch):
 
 def test_from_args():
     args = SimpleNamespace(start_step=0, end_step=50, start_layer=0, end_layer=30, step_idx=None, layer_idx=None,
-                           reweight_token_idx=[5, 1, 5], reweight_scale=-5, reweight_kv_switch_step=3)
+                           reweight_token_idx=[5, 1, 5], reweight_scale=-5, reweight_kv_switch_step=3,
+                           reweight_additive=False)
     controller = TokenReweighting.from_args(args, output_dir="unused")
     assert controller.tokens == (1, 5) and controller.scale == -5.0 and controller.kv_switch_step == 3
     assert controller.schedule.steps == frozenset(range(50)) and not controller.additive
+    args.reweight_additive = True
+    assert TokenReweighting.from_args(args, output_dir="unused").additive

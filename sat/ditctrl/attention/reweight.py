@@ -68,7 +68,7 @@ class TokenReweighting(AttentionController):
     @classmethod
     def from_args(cls, args, output_dir: str) -> "TokenReweighting":
         return cls(ControlSchedule.from_args(args), args.reweight_token_idx, args.reweight_scale,
-                   args.reweight_kv_switch_step)
+                   args.reweight_kv_switch_step, args.reweight_additive)
 
     def __call__(self, q, k, v, layer: int, text_length: int) -> torch.Tensor:
         if not self.active(layer):
