@@ -8,8 +8,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ditctrl.attention import AttentionController, ControlSchedule, KVSharing
-from ditctrl.attention.mask_guided import (MaskGuidedKVSharing, TokenAttentionMap, masked_target_attention,
-                                           normalise_per_frame)
+from ditctrl.attention.mask_guided import MaskGuidedKVSharing, TokenAttentionMap, masked_target_attention
+from ditctrl.attention.normalise import normalise_per_frame
 from test_kv_sharing import pair_batch, run
 from tiny_models import small_dit
 

@@ -33,13 +33,11 @@ from ..config import check_index_range
 from .control import AttentionController, ControlSchedule
 from .kernels import attention, attention_with_lse, probabilities
 from .mask_images import save_mask_frames
+from .normalise import normalise_per_frame
 
 BRANCHES = 4  # batch rows (u_source, u_target, c_source, c_target)
 SOURCES, TARGETS = slice(0, None, 2), slice(1, None, 2)  # (u_source, c_source), (u_target, c_target)
 C_SOURCE, C_TARGET = 2, 3
-NORMALISE_EPS = 1e-6
-
-
 def token_list(name: str, value) -> list[int]:
     """A token set from args: a bare int or a non-empty list of ints >= 0 (ValueError naming `name` otherwise)."""
     tokens = [value] if isinstance(value, int) else value
@@ -48,13 +46,6 @@ def token_list(name: str, value) -> list[int]:
         raise ValueError(f"args.{name} must be an int or a non-empty list of ints, got {value!r}")
     check_index_range(name, tokens)
     return list(tokens)
-
-
-def normalise_per_frame(maps: torch.Tensor) -> torch.Tensor:
-    """(frames, rows, cols) -> (M − min)/(max − min + 1e-6) with min and max taken per frame."""
-    low = maps.amin(dim=(1, 2), keepdim=True)
-    high = maps.amax(dim=(1, 2), keepdim=True)
-    return (maps - low) / (high - low + NORMALISE_EPS)
 
 
 class TokenAttentionMap:

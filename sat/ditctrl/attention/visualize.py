@@ -21,19 +21,10 @@ import torch
 from ..attention_figures import TokenMaps, heatmap_figure, overview_figure, token_panels_figure
 from .control import AttentionController, ControlSchedule
 from .kernels import attention, attention_with_lse, probabilities
+from .normalise import min_max
 
 TOKEN_MAP_FRAME = 10  # latent frame of the token maps (the original's hard-coded 10), clamped to the last frame
 UNCOND_ROW, COND_ROW = 0, 1
-NORMALISE_EPS = 1e-6
-
-
-def min_max(x: torch.Tensor, dims=None) -> torch.Tensor:
-    """(x − min) / (max − min + 1e-6) over `dims` (all of x when None), as the original normalises."""
-    dims = tuple(range(x.dim())) if dims is None else dims
-    low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
-    return (x - low) / (high - low + NORMALISE_EPS)
-
-
 @dataclass(frozen=True)
 class MapLayout:
     """Where the drawn blocks sit in the joint sequence: text first, then video in (frame, row, col) order."""
