@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from ditctrl.attention import build_controller  # noqa: E402
+from ditctrl.attention import AttentionController, build_controller  # noqa: E402
 from ditctrl.multi_prompt import MultiPromptDenoiser, long_noise, window_conditions  # noqa: E402
 from ditctrl.pipeline import progress_bar  # noqa: E402
 from ditctrl.runs import check_token_indices, seed_everything, start_run, user_errors  # noqa: E402
@@ -52,6 +52,7 @@ def plan_outputs(cfg, prompts) -> Plan:
 
 def isolated_baseline(pipeline, plan, cond, uncond, noise, args):
     """Each prompt alone on its base window's noise, plain attention, the single-window sampler."""
+    pipeline.dit.set_controller(AttentionController())
     guided = pipeline.guided()
     clips = []
     for p, w in enumerate(plan.layout.base_windows):

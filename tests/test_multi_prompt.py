@@ -36,6 +36,7 @@ def test_window_conditions_interpolate():
 
 def test_one_prompt_equals_single_prompt_sampler():
     model = small_dit()
+    model.set_controller(KVSharing(ControlSchedule(frozenset(range(6)), frozenset(range(4)))))  # nothing to share
     schedule = sampling_schedule(6)
     guided = GuidedDenoiser(model, num_steps=6)
     layout = segment_layout(1, 3, 1, 2)
@@ -45,7 +46,7 @@ def test_one_prompt_equals_single_prompt_sampler():
     with torch.no_grad():
         long_video = sample_dpmpp_2m_sde(multi, x.clone(), schedule, seeded_noise(0))
         single = sample_dpmpp_2m_sde(
-            lambda x, i, a, t: guided(x, i, a, t, embeds, torch.zeros(1, 7, 24)), x.clone(), schedule, seeded_noise(0))
+            lambda x, i, a, t: guided(x, None, a, t, embeds, torch.zeros(1, 7, 24)), x.clone(), schedule, seeded_noise(0))
     # equal up to the blend's (x·w)/w rounding
     assert torch.allclose(long_video, single, rtol=1e-5, atol=1e-5)
 

@@ -46,8 +46,8 @@ class MultiPromptDenoiser:
         layout = self.layout
         blender = LatentBlender(x, layout.tile)
         controller, num_layers = self.guided.model.controller, self.guided.model.num_layers
-        if layout.num_windows == 1:
-            self._add(blender, [0], self.guided(self._windows(x, [0]), step, alpha, timestep, self.cond[:1],
+        if layout.num_windows == 1:  # nothing to share with: a plain single-window step (step=None)
+            self._add(blender, [0], self.guided(self._windows(x, [0]), None, alpha, timestep, self.cond[:1],
                                                 self.uncond[:1]))
         elif self.share_work and not controller_acts(controller, step, num_layers):
             self._each_window_once(blender, x, step, alpha, timestep)
