@@ -22,8 +22,6 @@ from sat.mpu import copy_to_model_parallel_region
 from .attention import AttentionController
 from .position_embedding import sincos_3d
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """(B,) DDPM timesteps -> (B, dim) fp32 sinusoidal embedding, cosine half first."""
@@ -182,19 +180,16 @@ class DiffusionTransformer(BaseModel):
     def __init__(self, *, num_layers, hidden_size, num_attention_heads, time_embed_dim, text_hidden_size,
                  text_length=226, in_channels=16, out_channels=16, patch_size=2, latent_height=60,
                  latent_width=90, num_frames=49, time_compressed_rate=4, spatial_interpolation=1.875,
-                 temporal_interpolation=1.0, elementwise_affine=True, dtype="fp32", skip_init=False,
-                 use_gpu_initialization=False):
+                 temporal_interpolation=1.0, elementwise_affine=True, skip_init=False):
         transformer_args = Namespace(
             num_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
             vocab_size=1, max_sequence_length=64, layernorm_order="pre", skip_init=skip_init,
             model_parallel_size=1, is_decoder=False, checkpoint_activations=False)
-        if use_gpu_initialization:
-            transformer_args.use_gpu_initialization = True
         super().__init__(transformer_args)
         # The embeddings SAT builds by default are replaced by the mixins below (no such checkpoint keys).
         del self.transformer.word_embeddings, self.transformer.position_embeddings
 
-        self.hidden_size, self.patch_size, self.dtype_name = hidden_size, patch_size, dtype
+        self.hidden_size, self.patch_size = hidden_size, patch_size
         latent_frames = (num_frames - 1) // time_compressed_rate + 1
         self.time_embed = nn.Sequential(
             nn.Linear(hidden_size, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
