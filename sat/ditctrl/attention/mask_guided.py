@@ -103,8 +103,9 @@ class MaskGuidedKVSharing(AttentionController):
 
     @classmethod
     def from_args(cls, args, output_dir: str | None) -> "MaskGuidedKVSharing":
-        """Masks are saved under `<output_dir>/attn_map` as the original forces; `output_dir=None` saves nothing."""
-        mask_dir = None if output_dir is None else os.path.join(output_dir, "attn_map")
+        """Masks are saved under `mask_save_dir` when set, else `<output_dir>/attn_map` (where the original always
+        put them); `output_dir=None` saves nothing."""
+        mask_dir = None if output_dir is None else args.mask_save_dir or os.path.join(output_dir, "attn_map")
         return cls(ControlSchedule.from_args(args), args.thres, args.ref_token_idx, args.cur_token_idx, mask_dir)
 
     def begin_forward(self, step=None, pair=None, token_grid=None) -> None:
