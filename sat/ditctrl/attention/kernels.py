@@ -43,7 +43,8 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     scale = q.shape[-1] ** -0.5
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
-    elif q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+    elif q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256 and \
+            torch.cuda.get_device_capability(q.device)[0] >= 8:  # Flash needs Ampere or newer (not the V100)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
     else:
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
