@@ -294,3 +294,15 @@ def test_parse_cli_defaults_to_the_model_config_and_names_a_missing_case(tmp_pat
     assert error_of(parse_cli, ["--custom-config", missing, "--prompts", "a dog"]) == (
         f"config file not found: {missing}"
     )
+
+
+def test_case_and_command_line_may_only_change_existing_model_keys(tmp_path):
+    base = write_yaml(tmp_path, "base.yaml", {"model": {"sampler_config": {"params": {"num_steps": 50}}}})
+    case = write_yaml(tmp_path, "case.yaml", {"model": {"sampler_config": {"params": {"num_step": 20}}},
+                                              "args": {"prompts": ["p"]}})
+    assert error_of(load_config, [base], case) == (
+        f"unknown key 'model.sampler_config.params.num_step' in {case}; did you mean 'num_steps'?")
+    assert error_of(load_config, [base], None, ["model.sampler.params.num_steps=3", ONE_PROMPT]) == (
+        "unknown key 'model.sampler' in command line; did you mean 'sampler_config'?")
+    merged = load_config([base], None, ["model.sampler_config.params.num_steps=3", ONE_PROMPT])
+    assert merged.model.sampler_config.params.num_steps == 3

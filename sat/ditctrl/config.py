@@ -194,14 +194,29 @@ def load_config(base_paths: Sequence[str], custom_path: str | None = None, overr
     The result has the sections `model` and `args`; `args` holds every schema key. Tools that only
     need the model (e.g. the synthetic-checkpoint writer) pass `require_prompts=False`.
     """
-    paths = [INFERENCE_CONFIG, *base_paths, *([custom_path] if custom_path is not None else [])]
+    paths = [INFERENCE_CONFIG, *base_paths]
     sources = [_split_source(_read_yaml(path), path) for path in paths]
-    sources.append(_split_source(_parse_overrides(overrides), CLI_SOURCE))
+    base_model = OmegaConf.merge(*(model for model, _ in sources))
+    overriding = [(_read_yaml(custom_path), custom_path)] if custom_path is not None else []
+    overriding.append((_parse_overrides(overrides), CLI_SOURCE))
+    for config, source in overriding:
+        model, source_args = _split_source(config, source)
+        _check_model_keys(model, base_model, source)
+        sources.append((model, source_args))
     args = {}
     for _, source_args in sources:
         args.update(source_args)
     validate_args(args, require_prompts)
     return OmegaConf.create({"model": OmegaConf.merge(*(model for model, _ in sources)), "args": args})
+
+
+def _check_model_keys(section: DictConfig, base: DictConfig, source: str, prefix: str = "model") -> None:
+    """A case file or override may only change `model` keys the base configs define (typos are errors)."""
+    for key in section:
+        if key not in base:
+            raise ConfigError(f"unknown key '{prefix}.{key}' in {source}{_suggestion(str(key), base)}")
+        if isinstance(section[key], DictConfig) and isinstance(base[key], DictConfig):
+            _check_model_keys(section[key], base[key], source, f"{prefix}.{key}")
 
 
 def _require(condition, message: str) -> None:
