@@ -122,6 +122,8 @@ def test_visualize(out):
     (["args.seed=zero"], "args.seed must be an int"),
     (["args.ref_token_idx=[64]", "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]"], "args.ref_token_idx = 64"),
     (["args.layer_idx=[30]"], "args.layer_idx contains 30"),
+    (["args.sampling_num_frames=15"], "at most 13"),
+    (["args.sampling_num_frames=12"], "must be odd"),
 ])
 def test_bad_input_is_one_line_before_model_work(out, capsys, args, message):
     error = user_error(capsys, multi_prompt, "inference_case_configs/multi_prompts/rose.yaml",

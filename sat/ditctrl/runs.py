@@ -28,10 +28,16 @@ def user_errors():
         sys.exit(2)
 
 
-def check_schedule_ranges(cfg) -> None:
-    """Controlled steps and layers must exist in this model and sampler."""
+def check_model_fit(cfg) -> None:
+    """The window fits the model (odd, within its position table); controlled steps and layers exist."""
     args = cfg.args
-    num_layers = cfg.model.network_config.params.num_layers
+    network = cfg.model.network_config.params
+    latent_frames = (network.num_frames - 1) // network.time_compressed_rate + 1
+    tile = args.sampling_num_frames
+    if tile % 2 == 0 or tile > latent_frames:
+        raise ValueError(f"args.sampling_num_frames = {tile}: must be odd (the VAE decodes 1 + 2k latent frames) "
+                         f"and at most {latent_frames}, the latent frames this model was trained with")
+    num_layers = network.num_layers
     num_steps = cfg.model.sampler_config.params.num_steps
     ranges = [("layer_idx", num_layers), ("step_idx", num_steps)]
     if "VisualizeAdaLNMixin" in args.adaln_mixin_names:
@@ -71,7 +77,7 @@ def start_run(argv, planned_outputs, check_prompts=None):
     """
     cfg = parse_cli(argv)
     prompts = expand_prompts(cfg.args)
-    check_schedule_ranges(cfg)
+    check_model_fit(cfg)
     plan = planned_outputs(cfg, prompts)
     if "tiny_t5" in cfg.model:
         print(RANDOM_WEIGHTS_NOTE)
