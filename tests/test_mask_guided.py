@@ -250,7 +250,7 @@ def test_from_args_and_input_errors(tmp_path):
     assert controller.mask_dir == str(tmp_path / "attn_map")
     args.mask_save_dir = str(tmp_path / "masks")
     assert MaskGuidedKVSharing.from_args(args, str(tmp_path)).mask_dir == str(tmp_path / "masks")
-    assert controller.source_map.tokens == [4] and controller.target_map.tokens == [1, 2]
+    assert controller.source_map.tokens == (4,) and controller.target_map.tokens == (1, 2)
     assert controller.last_recorded_layer == 7 and controller.schedule.steps == frozenset(range(2, 25))
     assert MaskGuidedKVSharing.from_args(args, None).mask_dir is None
     for key, value in (("ref_token_idx", -1), ("cur_token_idx", "a"), ("cur_token_idx", []), ("thres", 1.5)):

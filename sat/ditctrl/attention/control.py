@@ -7,7 +7,9 @@ with the sampler iteration and window pair it was given, so step and layer are e
 arguments rather than counters that could drift. Video tokens follow the text tokens in
 (frame, row, column) order over `token_grid` = (frames, rows, columns).
 """
+from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 
 import torch
 
@@ -58,3 +60,12 @@ def split_branches(t: torch.Tensor):
     if t.shape[0] % 4:
         raise ValueError(f"attention control needs a batch of source/target pairs with CFG (a multiple of 4 rows), got {t.shape[0]}")
     return t.chunk(4)
+
+
+def token_indices(name: str, value) -> tuple:
+    """A token set from args `name`: an int or a non-empty list of ints >= 0, as a sorted tuple without repeats."""
+    tokens = [value] if isinstance(value, Integral) else value
+    if isinstance(tokens, Sequence) and not isinstance(tokens, str) and tokens and \
+            all(isinstance(t, Integral) and not isinstance(t, bool) and t >= 0 for t in tokens):
+        return tuple(sorted({int(t) for t in tokens}))
+    raise ValueError(f"args.{name} must be an int >= 0 or a non-empty list of them, got {value!r}")

@@ -25,12 +25,11 @@ fg/bg video keys):
 The largest tensors are the gathered copies of q/k/v, never a map over N×N or V×V entries.
 """
 import os
-from collections.abc import Sequence
 
 import torch
 
 from ..config import check_index_range
-from .control import AttentionController, ControlSchedule
+from .control import AttentionController, ControlSchedule, token_indices
 from .kernels import attention, attention_with_lse, probabilities
 from .mask_images import save_mask_frames
 from .normalise import normalise_per_frame
@@ -38,16 +37,6 @@ from .normalise import normalise_per_frame
 BRANCHES = 4  # batch rows (u_source, u_target, c_source, c_target)
 SOURCES, TARGETS = slice(0, None, 2), slice(1, None, 2)  # (u_source, c_source), (u_target, c_target)
 C_SOURCE, C_TARGET = 2, 3
-def token_list(name: str, value) -> list[int]:
-    """A token set from args: a bare int or a non-empty list of ints >= 0 (ValueError naming `name` otherwise)."""
-    tokens = [value] if isinstance(value, int) else value
-    if not isinstance(tokens, Sequence) or isinstance(tokens, str) or not tokens or \
-            not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise ValueError(f"args.{name} must be an int or a non-empty list of ints, got {value!r}")
-    check_index_range(name, tokens)
-    return list(tokens)
-
-
 class TokenAttentionMap:
     """Running sum over layers of one row's head-averaged attention from every video query to a set of text tokens."""
 
@@ -97,8 +86,8 @@ class MaskGuidedKVSharing(AttentionController):
         if not 0 <= thres <= 1:
             raise ValueError(f"args.thres must lie in [0, 1], got {thres}")
         self.thres, self.mask_dir = thres, mask_dir
-        self.source_map = TokenAttentionMap(token_list("ref_token_idx", ref_tokens))
-        self.target_map = TokenAttentionMap(token_list("cur_token_idx", cur_tokens))
+        self.source_map = TokenAttentionMap(token_indices("ref_token_idx", ref_tokens))
+        self.target_map = TokenAttentionMap(token_indices("cur_token_idx", cur_tokens))
         self.last_recorded_layer = max(schedule.layers, default=-1)
 
     @classmethod

@@ -11,18 +11,11 @@ from numbers import Integral, Real
 
 import torch
 
-from .control import AttentionController, ControlSchedule, split_branches
+from .control import AttentionController, ControlSchedule, split_branches, token_indices
 from .kernels import attention, attention_with_lse, probabilities
 from .kv_sharing import source_rows
 
 TARGET_QUARTERS = (1, 3)  # u_target, c_target in (u_source, u_target, c_source, c_target)
-
-
-def _token_list(tokens) -> tuple:
-    tokens = [tokens] if isinstance(tokens, Integral) else list(tokens)
-    if not tokens or any(isinstance(t, bool) or not isinstance(t, Integral) or t < 0 for t in tokens):
-        raise ValueError(f"reweight_token_idx must be a non-negative int or a non-empty list of them, got {tokens!r}")
-    return tuple(sorted({int(t) for t in tokens}))
 
 
 def _scaled_rows(out, probs, values, factor: float, renormalise: bool) -> torch.Tensor:
@@ -60,7 +53,7 @@ class TokenReweighting(AttentionController):
             raise ValueError(f"reweight_scale must be a finite real number, got {scale!r}")
         if isinstance(kv_switch_step, bool) or not isinstance(kv_switch_step, Integral) or kv_switch_step < 0:
             raise ValueError(f"reweight_kv_switch_step must be an int >= 0, got {kv_switch_step!r}")
-        self.tokens = _token_list(tokens)
+        self.tokens = token_indices("reweight_token_idx", tokens)
         self.scale = float(scale)
         self.kv_switch_step = int(kv_switch_step)
         self.additive = additive
