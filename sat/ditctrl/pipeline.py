@@ -116,6 +116,8 @@ class Pipeline:
         if self.offload:
             self.dit.to("cpu")
             self.vae.to(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the sampling activations' cached blocks to the decoder
         z = (latent.to(self.dtype) / self.scale_factor).permute(0, 2, 1, 3, 4)
         video = self.vae.decode(z.to(self.device), chunked=self.args.vae_chunked_decode)  # (B, 3, F, H, W)
         if self.offload:
