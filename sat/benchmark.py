@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, MaskGuidedKVSharing  # noqa: E402
+from ditctrl.attention.kernels import BACKENDS  # noqa: E402
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, resolve_device  # noqa: E402
 from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
 from ditctrl.multi_prompt import MultiPromptDenoiser, long_noise, row_layer_count, window_conditions  # noqa: E402
@@ -288,6 +289,8 @@ def parse_options(argv):
     parser.add_argument("--steps", type=int, default=FULL_STEPS,
                         help="sampling steps to time; with fewer than 50 the 50-step totals are extrapolated")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per controller (after one warm-up)")
+    parser.add_argument("--attention-backend", default="auto", choices=sorted(BACKENDS),
+                        help="SDPA backend of the plain attention calls (auto lets torch choose)")
     parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     parser.add_argument("--out", default="outputs/benchmark/benchmark.json", help="JSON result file")
     options = parser.parse_args(argv)
@@ -311,6 +314,7 @@ def parse_options(argv):
 def benchmark_config(options):
     """The rose case on the chosen model size, dtype, step count and checkpoint folder."""
     overrides = [f"args.fp16={options.dtype == 'fp16'}", f"args.bf16={options.dtype == 'bf16'}",
+                 f"args.attention_backend={options.attention_backend}",
                  f"model.sampler_config.params.num_steps={options.steps}"]
     if options.checkpoint_dir is not None:
         folder = os.path.abspath(options.checkpoint_dir)

@@ -96,12 +96,13 @@ def one_thread():
 
 def test_tiny_cpu_run_writes_every_promised_number(tmp_path, one_thread):
     out = tmp_path / "result" / "benchmark.json"
-    results = benchmark.main(["--tiny", "--device", "cpu", "--steps", "2", "--repeats", "1",
-                              "--checkpoint-dir", str(tmp_path / "weights"), "--out", str(out)])
+    results = benchmark.main(["--tiny", "--device", "cpu", "--steps", "2", "--repeats", "1", "--attention-backend",
+                              "math", "--checkpoint-dir", str(tmp_path / "weights"), "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     assert (tmp_path / "weights" / "transformer" / "latest").is_file()
     settings = results["settings"]
     assert (settings["size"], settings["dtype"], settings["steps"]) == ("tiny", "fp32", 2)
+    assert settings["attention_backend"] == "math"
 
     forward = results["forward"]
     assert forward["settings"]["batch"] == 4 and forward["settings"]["tokens"] == 64 + 13 * 2 * 3
