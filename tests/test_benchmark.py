@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 import benchmark
+from ditctrl.attention import kernels
 from ditctrl.attention.kernels import set_backend
 from ditctrl.config import MODEL_CONFIG
 from ditctrl.flops import (DiTSize, attention_flops_per_layer, forward_flops, layer_flops, linear_flops_per_layer,
@@ -94,7 +95,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_tiny_cpu_run_writes_every_promised_number(tmp_path, one_thread):
+def test_tiny_cpu_run_writes_every_promised_number(tmp_path, one_thread, monkeypatch):
+    monkeypatch.setattr(kernels, "_backend", kernels._backend)  # the run pins a process-wide backend; undo it after
     out = tmp_path / "result" / "benchmark.json"
     results = benchmark.main(["--tiny", "--device", "cpu", "--steps", "2", "--repeats", "1", "--attention-backend",
                               "math", "--checkpoint-dir", str(tmp_path / "weights"), "--out", str(out)])
