@@ -5,6 +5,9 @@ from .mask_guided import MaskGuidedKVSharing
 from .reweight import TokenReweighting
 from .visualize import AttentionVisualizer
 
+__all__ = ["AttentionController", "ControlSchedule", "KVSharing", "MaskGuidedKVSharing", "TokenReweighting",
+           "AttentionVisualizer", "CONTROLLERS", "build_controller"]
+
 CONTROLLERS = {
     "BaseAdaLNMixin": AttentionController,
     "KVSharingAdaLNMixin": KVSharing,
