@@ -27,11 +27,10 @@ def set_backend(name: str) -> None:
     _backend = BACKENDS[name]
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q kᵀ/√d) v for (B, heads, Nq, d) queries and (B, heads, Nk, d) keys/values."""
-    guard = sdpa_kernel(_backend) if _backend is not None and attn_mask is None else contextlib.nullcontext()
-    with guard:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    with sdpa_kernel(_backend) if _backend is not None else contextlib.nullcontext():
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
