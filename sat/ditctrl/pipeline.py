@@ -56,21 +56,23 @@ def run_dtype(args) -> torch.dtype:
     return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
 
 
+def allocate_empty(module_type, params: dict, device, dtype) -> torch.nn.Module:
+    """`module_type(**params)` with uninitialised weights, allocated once on `device` in `dtype` (no init pass)."""
+    with torch.device("meta"):
+        module = module_type(**params).to(dtype)
+    return module.to_empty(device=device)
+
+
 def build_transformer(network_params: dict, state_dict: dict, device, dtype) -> DiffusionTransformer:
     """The DiT with the checkpoint's weights, allocated once, directly on `device` in `dtype`."""
-    with torch.device("meta"):
-        model = DiffusionTransformer(**network_params, skip_init=True).to(dtype)
-    model.to_empty(device=device)  # the one allocation of the weights
+    model = allocate_empty(DiffusionTransformer, {**network_params, "skip_init": True}, device, dtype)
     model.get_mixin("pos_embed").reinit()  # the fixed table is recomputed, never read from the file
     load_state_dict_strict(model, state_dict, "transformer", ignore={POSITION_TABLE_KEY})
     return model.eval().requires_grad_(False)
 
 
 def build_vae(cfg, device, dtype) -> CogVideoXVAE:
-    params = OmegaConf.to_container(cfg.model.first_stage_config.params)
-    with torch.device("meta"):
-        vae = CogVideoXVAE(**params).to(dtype)
-    vae.to_empty(device=device)
+    vae = allocate_empty(CogVideoXVAE, OmegaConf.to_container(cfg.model.first_stage_config.params), device, dtype)
     load_state_dict_strict(vae, read_vae_state_dict(weight_paths(cfg)["vae"]), "VAE")
     return vae.eval().requires_grad_(False)
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from ditctrl.checkpoints import DIT_FILE_NAME, DIT_PREFIX, POSITION_TABLE_KEY, T5_INDEX_NAME, MissingCheckpointError
 from ditctrl.dit import DiffusionTransformer
-from ditctrl.pipeline import check_weights, run_dtype, weight_paths
+from ditctrl.pipeline import allocate_empty, check_weights, run_dtype, weight_paths
 from ditctrl.text_encoder import T5_MAX_LENGTH
 from ditctrl.vae import CogVideoXVAE
 
@@ -243,11 +243,9 @@ FULL_T5 = dict(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64)  
 
 
 def build_random(module_type, params: dict, device: str, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    with torch.device("meta"):
-        module = module_type(**params)
-    module.to_empty(device=device)
+    module = allocate_empty(module_type, params, device, dtype)
     randomize_module(module, seed)
-    return module.to(dtype)
+    return module
 
 
 def write_synthetic_checkpoints(cfg, device: str = "cpu", seed: int = 0) -> dict:
