@@ -34,10 +34,10 @@ from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, M
 from ditctrl.attention.kernels import BACKENDS  # noqa: E402
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, resolve_device  # noqa: E402
 from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
-from ditctrl.multi_prompt import MultiPromptDenoiser, long_noise, row_layer_count, window_conditions  # noqa: E402
+from ditctrl.generation import encode_prompt_sets, load_sampling_models, sample_clip, sample_long  # noqa: E402
+from ditctrl.multi_prompt import long_noise, row_layer_count  # noqa: E402
 from ditctrl.pipeline import Pipeline, weight_paths  # noqa: E402
-from ditctrl.sampler import full_noise_discarding_first, sample_dpmpp_2m_sde, shared_row_noise  # noqa: E402
-from ditctrl.segment_layout import segment_layout  # noqa: E402
+from ditctrl.segment_layout import segment_layout, video_frames  # noqa: E402
 from ditctrl.synthetic_checkpoint import ensure_synthetic_checkpoints  # noqa: E402
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +135,8 @@ class Benchmark:
         self.kv_schedule = ControlSchedule.from_args(self.args)
         with self.clock.phase() as encode:
             self.pipeline = Pipeline(cfg, device)
-            self.embeds = self.pipeline.encode(self.prompts)  # (P, L, D)
+            self.embeds, = encode_prompt_sets(self.pipeline, [self.prompts])  # (P, L, D)
+            load_sampling_models(self.pipeline)
         self.encode_phase, self.dit = encode, self.pipeline.dit
         self.rose_runs = {}  # share_work -> the sampled run, shared by the rose and memory sections
 
@@ -203,15 +204,11 @@ class Benchmark:
     def rose_run(self, share_work: bool) -> dict:
         """The rose case sampled with KV-sharing's default schedule, as sample_video.py does (cached)."""
         if share_work not in self.rose_runs:
-            cond = window_conditions(self.layout, self.embeds)
-            self.dit.set_controller(KVSharing(self.kv_schedule))
-            denoiser = MultiPromptDenoiser(self.pipeline.guided(), self.layout, cond, torch.zeros_like(cond),
-                                           share_work=share_work, max_batch_windows=MAX_BATCH_WINDOWS)
             seconds = []
             torch.manual_seed(self.args.seed)
             with self.clock.phase() as sampling:
-                latent = sample_dpmpp_2m_sde(denoiser, self.noise().to(self.clock.device), self.pipeline.schedule,
-                                             full_noise_discarding_first, self.clock.step_timer(seconds))
+                latent = sample_long(self.pipeline, self.layout, self.embeds, KVSharing(self.kv_schedule), self.noise(),
+                                     share_work, MAX_BATCH_WINDOWS, self.clock.step_timer(seconds))
             self.dit.set_controller(AttentionController())
             self.rose_runs[share_work] = {"latent": latent, "seconds": seconds, "sampling": sampling}
         return self.rose_runs[share_work]
@@ -244,17 +241,13 @@ class Benchmark:
 
     def single_clip(self) -> tuple[dict, list]:
         """Section 3: one 49-frame clip of the first prompt on its window's noise, plain attention, batch 2."""
-        guided = self.pipeline.guided()
-        cond = self.embeds[:1]
-        uncond = torch.zeros_like(cond)
-        x = self.noise()[:, self.layout.window(0)].to(self.clock.device)
         seconds = []
         torch.manual_seed(self.args.seed)
-        sample_dpmpp_2m_sde(lambda x, i, a, t: guided(x, i, a, t, cond, uncond), x, self.pipeline.schedule,
-                            shared_row_noise, self.clock.step_timer(seconds))
+        sample_clip(self.pipeline, self.embeds[:1], AttentionController(), self.noise()[:, self.layout.window(0)],
+                    self.clock.step_timer(seconds))
         result = step_times(seconds, len(seconds), FULL_STEPS)  # every step is the same work
         tile = self.layout.tile
-        settings = {"latent_frames": tile, "video_frames": 4 * (tile - 1) + 1, "rows_per_forward": 2,
+        settings = {"latent_frames": tile, "video_frames": video_frames(tile), "rows_per_forward": 2,
                     "controller": "plain", "steps_measured": len(seconds)}
         return {"settings": settings, **result}, [step_line("single", "49 frames", result)]
 

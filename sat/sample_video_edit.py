@@ -12,7 +12,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ditctrl.clip_runs import check_edit_prompts, run  # noqa: E402
+from ditctrl.runs import run_entry  # noqa: E402
+
+
+def main(argv=None):
+    return run_entry("sample_video_edit", argv)
+
 
 if __name__ == "__main__":
-    run(None, "editing", ("source", "target"), check_edit_prompts)
+    main()

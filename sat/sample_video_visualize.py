@@ -12,12 +12,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ditctrl.clip_runs import check_visualize_prompts, run  # noqa: E402
+from ditctrl.runs import run_entry  # noqa: E402
 
 
-def write_overview(controller, frames):
-    print(f"wrote {controller.write_overview(frames[0].numpy())}")
+def main(argv=None):
+    return run_entry("sample_video_visualize", argv)
 
 
 if __name__ == "__main__":
-    run(None, "visualization", ("prompt",), check_visualize_prompts, write_overview)
+    main()

@@ -17,12 +17,13 @@ from ditctrl.config import (
     write_resolved_config,
 )
 
-# Spec ditctrl.md §2.2: the reference inference.yaml `args`, key for key.
+# Spec ditctrl.md §2.2: the reference inference.yaml `args`, key for key, less the keys that no longer do anything.
+RETIRED = {"mode": "inference", "batch_size": 1, "force_inference": True, "is_edit": False}
 REFERENCE_DEFAULTS = {
-    "latent_channels": 16, "mode": "inference", "load": "CogVideoX-2b-sat/transformer", "batch_size": 1,
-    "sampling_num_frames": 13, "sampling_fps": 16, "fp16": True, "force_inference": True,
+    "latent_channels": 16, "load": "CogVideoX-2b-sat/transformer",
+    "sampling_num_frames": 13, "sampling_fps": 16, "fp16": True,
     "is_run_isolated": False, "seed": 42, "output_dir": "outputs/multi_prompt_case",
-    "adaln_mixin_names": ["KVSharingAdaLNMixin"], "is_edit": False, "start_step": 2, "end_step": 25,
+    "adaln_mixin_names": ["KVSharingAdaLNMixin"], "start_step": 2, "end_step": 25,
     "start_layer": 25, "end_layer": 30, "layer_idx": None, "step_idx": None, "thres": 0.3,
     "attn_map_step_idx": [4, 14, 24, 34, 44, 49], "attn_map_layer_idx": [4, 14, 24, 29], "mask_save_dir": "",
     "overlap_size": 9, "num_transition_blocks": 2, "longer_mid_segment": 0, "ref_token_idx": [0],
@@ -306,3 +307,10 @@ def test_case_and_command_line_may_only_change_existing_model_keys(tmp_path):
         "unknown key 'model.sampler' in command line; did you mean 'sampler_config'?")
     merged = load_config([base], None, ["model.sampler_config.params.num_steps=3", ONE_PROMPT])
     assert merged.model.sampler_config.params.num_steps == 3
+
+
+@pytest.mark.parametrize("key, value", RETIRED.items())
+def test_retired_keys_of_the_original_say_what_to_do(tmp_path, key, value):
+    case = write_yaml(tmp_path, "copied.yaml", {"args": {key: value}})
+    message = error_of(load_config, [config.MODEL_CONFIG], case, [ONE_PROMPT])
+    assert message.startswith(f"args.{key} in {case} is no longer used (") and "delete it" in message

@@ -195,6 +195,8 @@ def test_mask_pngs_only_at_controlled_step_and_layer(model, tmp_path):
     controller = MaskGuidedKVSharing(ControlSchedule(frozenset({2}), frozenset({1, 3})), 0.3, [0], [2],
                                      mask_dir=str(tmp_path / "attn_map"))
     run(model, controller, pair_batch(11), step=2)  # pair 0 by default in `run`
+    assert not (tmp_path / "attn_map").exists()  # masks stay on the device until the step ends
+    controller.end_step()
     grid = (3, 2, 3)  # (frames, rows, cols) of pair_batch's latents
     for kind, token_map in (("s", controller.source_map), ("t", controller.target_map)):
         image = iio.imread(tmp_path / "attn_map" / "segment0" / f"mask_{kind}_step2_layer3_all_frames.png")
@@ -207,6 +209,7 @@ def test_mask_pngs_only_at_controlled_step_and_layer(model, tmp_path):
         model(*pair_batch(11), step=2, pair=1)
         model(*pair_batch(11), step=3, pair=1)
         model(*pair_batch(11), step=2, pair=None)
+    controller.end_step()
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
     assert written == sorted(f"attn_map/segment{pair}/mask_{kind}_step2_layer{layer}_all_frames.png"
                              for pair in (0, 1) for kind in "st" for layer in (1, 3))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import sample_video
-from ditctrl.clip_runs import check_edit_prompts, run
+import sample_video_edit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["model.sampler_config.params.num_steps=4"]
@@ -28,7 +28,7 @@ def multi_prompt(case, *overrides):
 
 
 def edit(case, *overrides):
-    run([*BASE, "--custom-config", case, "--tiny", *overrides], "editing", ("source", "target"), check_edit_prompts)
+    sample_video_edit.main([*BASE, "--custom-config", case, "--tiny", *overrides])
 
 
 def user_error(capsys, call, *args) -> str:

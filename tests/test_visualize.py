@@ -65,6 +65,8 @@ def test_saved_maps_are_running_means_of_full_softmax_maps(tmp_path, grid):
         seen.append((q, k))
         if layer not in (1, 3):
             continue
+        assert not os.path.exists(folder(tmp_path, 1, layer))  # nothing is written inside attention
+        controller.end_step()
         expected = naive_maps(seen, TEXT, grid, TOKENS)
         where = folder(tmp_path, 1, layer)
         frame, (row, col) = frames // 2, (rows // 2, cols // 2)
@@ -130,6 +132,7 @@ def test_small_dit_forward_writes_every_promised_file(tmp_path):
         assert torch.equal(model(*batch, step=24), plain)
         assert controller.figures_written == []
         assert torch.equal(model(*batch, step=25), plain)
+    controller.end_step()
     frames, rows, cols = 3, 2, 3  # (T, H/2, W/2) of the latents
     for layer in (2, 3):
         where = folder(tmp_path, 25, layer)

@@ -48,7 +48,7 @@ def sample(model, controller, layout, **sharing):
     model.set_controller(controller)
     embeds = torch.randn(3, 7, 24, generator=torch.Generator().manual_seed(7))
     cond = window_conditions(layout, embeds[:len(layout.base_windows)])
-    denoiser = MultiPromptDenoiser(GuidedDenoiser(model, num_steps=NUM_STEPS), layout, cond, torch.zeros_like(cond),
+    denoiser = MultiPromptDenoiser(GuidedDenoiser(model, cfg_steps=NUM_STEPS), layout, cond, torch.zeros_like(cond),
                                    **sharing)
     x = long_noise(layout, channels=16, height=4, width=6, seed=3)
     with torch.no_grad():
@@ -63,8 +63,10 @@ def test_split_forward_is_forward_bitwise(model):
     with torch.no_grad():
         whole = model(x, t, context, step=1, pair=0)
         state = model.embed(x, t, context)
-        split = model.head(model.run_layers(model.run_layers(state, 0, 2, step=1, pair=0), 2, 4, step=1, pair=0))
-        plain_step = model.head(model.run_layers(state, 0, 4, step=0, pair=0))
+        model.controller.begin_forward(1, 0, state.token_grid)
+        split = model.head(model.run_layers(model.run_layers(state, 0, 2), 2, 4))
+        model.controller.begin_forward(0, 0, state.token_grid)
+        plain_step = model.head(model.run_layers(state, 0, 4))
         assert torch.equal(model(x, t, context, step=0, pair=0), plain_step)
     assert torch.equal(whole, split)
     assert not torch.equal(whole, plain_step)  # the controller acted inside the split layer ranges
@@ -145,3 +147,12 @@ def test_bad_max_batch_windows_rejected(bad):
     layout = segment_layout(2, 3, 1, 0)
     with pytest.raises(ValueError, match="max_batch_windows"):
         MultiPromptDenoiser(None, layout, torch.zeros(2, 7, 24), torch.zeros(2, 7, 24), max_batch_windows=bad)
+
+
+def test_mask_guided_is_refused_in_layer_ranges(model):
+    """Its maps run across all layers of a forward, so splitting the forward would reset them: refused."""
+    model.set_controller(MaskGuidedKVSharing(KV_SCHEDULE, thres=0.3, ref_tokens=[1], cur_tokens=[3]))
+    guided = GuidedDenoiser(model, cfg_steps=NUM_STEPS)
+    x, cond = torch.zeros(2, 3, 16, 4, 6), torch.zeros(2, 7, 24)
+    with pytest.raises(ValueError, match="MaskGuidedKVSharing keeps state across layers"):
+        guided.begin(x, 1, 959.0, cond, cond, 2)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from .controllers import CONTROLLERS
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 INFERENCE_CONFIG = os.path.join(CONFIG_DIR, "inference.yaml")
@@ -26,13 +27,7 @@ MODEL_CONFIG = os.path.join(CONFIG_DIR, "cogvideox_2b.yaml")
 TINY_MODEL_CONFIG = os.path.join(CONFIG_DIR, "cogvideox_tiny.yaml")
 
 SECTIONS = ("args", "model")
-CONTROLLER_NAMES = (
-    "BaseAdaLNMixin",
-    "KVSharingAdaLNMixin",
-    "KVSharingMaskGuidedAdaLNMixin",
-    "ReWeightAdaLNMixin",
-    "VisualizeAdaLNMixin",
-)
+CONTROLLER_NAMES = tuple(CONTROLLERS)
 PARAMS_FILE = "params.yaml"
 CLI_SOURCE = "command line"
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -103,6 +98,13 @@ _DECLARED_TYPES = {
     "reweight_scale": FLOAT,  # the default -5 reads as an int; cases use 0.5
     "prompts": _optional(STR_LIST),  # null until a case file or --prompts gives them
 }
+# Keys of the original's inference.yaml that no longer do anything here: what each did and what to do instead.
+RETIRED_KEYS = {
+    "mode": "every script runs inference",
+    "force_inference": "the transformer checkpoint is always loaded without T5/VAE weights",
+    "batch_size": "each script fixes its own batch (a window pair, or all prompts of a clip)",
+    "is_edit": "controllers always get the true sampler iteration",
+}
 _SCALAR_TYPES = {bool: BOOL, int: INT, float: FLOAT, str: STR}
 _LIST_TYPES = {int: INT_LIST, str: STR_LIST}
 
@@ -165,6 +167,9 @@ def _checked_args(section: DictConfig, source: str) -> dict:
     schema = argument_schema()
     checked = {}
     for key, value in values.items():
+        if key in RETIRED_KEYS:
+            raise ConfigError(f"args.{key} in {source} is no longer used ({RETIRED_KEYS[key]}): delete it "
+                              f"(configs copied from the original DiTCtrl run without it)")
         if key not in schema:
             raise ConfigError(f"unknown key '{key}' in {source} (args){_suggestion(str(key), schema)}")
         try:
@@ -291,6 +296,8 @@ def validate_args(args: Mapping, require_prompts: bool = True) -> None:
 
 def resolve_device(name: str) -> str:
     """The torch device for `args.device`: 'auto' is cuda when available, else cpu."""
+    import torch  # here, so that --help and config errors never wait for torch
+
     cuda_available = torch.cuda.is_available()
     if name == "auto":
         return "cuda" if cuda_available else "cpu"
@@ -364,10 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_cli(argv: Sequence[str] | None = None) -> DictConfig:
     """Parse the command line and return the resolved, checked config."""
+    return parse_run_cli(argv)[0]
+
+
+def parse_run_cli(argv: Sequence[str] | None = None) -> tuple[DictConfig, bool]:
+    """The resolved, checked config and whether --tiny was given (the only trigger for writing random weights)."""
     options = build_parser().parse_args(argv)
     base_paths = [*options.base, *([TINY_MODEL_CONFIG] if options.tiny else [])]
     overrides = list(options.overrides)
     if options.prompts:
         # JSON is valid YAML flow syntax, so each prompt survives commas, colons and quotes.
         overrides.append(f"args.prompts={json.dumps(options.prompts)}")
-    return load_config(base_paths, options.custom_config, overrides)
+    return load_config(base_paths, options.custom_config, overrides), options.tiny

@@ -241,11 +241,11 @@ class DiffusionTransformer(BaseModel):
         return TransformerState(self.transformer.embedding_dropout(hidden), inputs["context"], inputs["emb"],
                                 inputs["token_grid"])
 
-    def run_layers(self, state: TransformerState, start: int, stop: int, step=None, pair=None) -> TransformerState:
-        """Transformer layers [start, stop) on `state`; the controller is told (step, pair) first."""
+    def run_layers(self, state: TransformerState, start: int, stop: int) -> TransformerState:
+        """Transformer layers [start, stop) on `state`. The controller's state is left as it is: the caller
+        tells it where it is (`controller.begin_forward`) before the first range of a forward."""
         if not 0 <= start <= stop <= self.num_layers:
             raise ValueError(f"layer range [{start}, {stop}) is outside the model's {self.num_layers} layers")
-        self.controller.begin_forward(step, pair, state.token_grid)
         hidden, ones = state.hidden, self._ones(state.hidden.device)
         for index in range(start, stop):
             hidden = self.hooks["layer_forward"](hidden, ones, layer_id=torch.tensor(index), context=state.context,

@@ -1,6 +1,6 @@
 """Building the CogVideoX parts from a resolved config and running them in a memory-frugal order.
 
-T5 is built, used and released before the DiT is placed on the device; the VAE decodes in chunks.
+The run loads T5, encodes, releases it and only then places the DiT on the device; the VAE decodes in chunks.
 Relative weight paths are resolved from the `sat/` folder (where the README puts `CogVideoX-2b-sat/`).
 """
 import os
@@ -71,9 +71,15 @@ def build_transformer(network_params: dict, state_dict: dict, device, dtype) -> 
     return model.eval().requires_grad_(False)
 
 
-def build_vae(cfg, device, dtype) -> CogVideoXVAE:
-    vae = allocate_empty(CogVideoXVAE, OmegaConf.to_container(cfg.model.first_stage_config.params), device, dtype)
+def build_vae_decoder(cfg, device, dtype) -> CogVideoXVAE:
+    """The VAE with the checkpoint's decoder on `device`; the encoder, unused when sampling, is checked by the
+    strict load on the CPU and then dropped."""
+    with torch.device("meta"):
+        vae = CogVideoXVAE(**OmegaConf.to_container(cfg.model.first_stage_config.params)).to(dtype)
+    vae.encoder.to_empty(device="cpu")
+    vae.decoder.to_empty(device=device)
     load_state_dict_strict(vae, read_vae_state_dict(weight_paths(cfg)["vae"]), "VAE")
+    vae.encoder = None
     return vae.eval().requires_grad_(False)
 
 
@@ -83,35 +89,45 @@ def progress_bar(description: str):
 
 
 class Pipeline:
-    """The loaded model of one run: encode prompts, then sample with the DiT, then decode with the VAE."""
+    """The models of one run, each loaded by an explicit call: T5 (`load_text_encoder`, `encode` any number of
+    prompt sets, `release_text_encoder`), then the DiT (`load_dit`) and the VAE decoder (`load_vae`)."""
 
     def __init__(self, cfg, device: str):
         self.cfg, self.args, self.device = cfg, cfg.args, torch.device(device)
         self.dtype = run_dtype(cfg.args)
         self.offload = bool(cfg.args.offload)
         set_backend(cfg.args.attention_backend)
-        paths = weight_paths(cfg)
-        self.text_encoder = T5TextEncoder(paths["t5"], device=self.device, dtype=self.dtype,
-                                          max_length=cfg.model.conditioner_config.params.max_length)
+        self.text_encoder = self.dit = self.vae = None
         self.network_params = OmegaConf.to_container(cfg.model.network_config.params)
-        self.dit = None
-        self.vae = build_vae(cfg, "cpu" if self.offload else self.device, self.dtype)
         sampler = OmegaConf.to_container(cfg.model.sampler_config.params)
         self.schedule = sampling_schedule(sampler["num_steps"], sampler["shift_scale"])
         self.sampler_params = sampler
         self.scale_factor = cfg.model.scale_factor
 
+    def load_text_encoder(self) -> None:
+        self.text_encoder = T5TextEncoder(weight_paths(self.cfg)["t5"], device=self.device, dtype=self.dtype,
+                                          max_length=self.cfg.model.conditioner_config.params.max_length)
+
     def encode(self, prompts) -> torch.Tensor:
-        """(P, L, D) T5 features of the prompts; T5 is released afterwards and the DiT is loaded."""
-        embeds = self.text_encoder.encode(prompts)
+        """(P, L, D) T5 features of the prompts."""
+        if self.text_encoder is None:
+            raise RuntimeError("load_text_encoder() before encode()")
+        return self.text_encoder.encode(prompts)
+
+    def release_text_encoder(self) -> None:
         self.text_encoder.release()
+        self.text_encoder = None
+
+    def load_dit(self) -> None:
         self.dit = build_transformer(self.network_params, read_transformer_state_dict(weight_paths(self.cfg)["transformer"]),
                                      self.device, self.dtype)
-        return embeds
+
+    def load_vae(self) -> None:
+        self.vae = build_vae_decoder(self.cfg, "cpu" if self.offload else self.device, self.dtype)
 
     def guided(self) -> GuidedDenoiser:
         return GuidedDenoiser(self.dit, self.sampler_params["cfg_scale"], self.sampler_params["cfg_exp"],
-                              self.schedule.num_steps)
+                              self.sampler_params["cfg_num_steps"])
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) fp32 latent -> (B, F, H·8, W·8, 3) uint8 frames (truncated like the original)."""

@@ -5,6 +5,11 @@ A pure function of the prompt count and the tiling settings; all sizes are in la
 from dataclasses import dataclass
 
 
+def video_frames(latent_frames: int) -> int:
+    """Decoded frames of `latent_frames` latent frames (the VAE's 4× temporal compression, the first frame alone)."""
+    return 4 * (latent_frames - 1) + 1
+
+
 @dataclass(frozen=True)
 class WindowCondition:
     """Conditioning of one window: a mix of two prompts' embeddings, weight `w_first` on `first`.
@@ -45,7 +50,7 @@ class SegmentLayout:
 
     @property
     def video_frames(self) -> int:
-        return 4 * (self.length - 1) + 1
+        return video_frames(self.length)
 
     def window(self, w: int) -> slice:
         return slice(self.starts[w], self.starts[w] + self.tile)

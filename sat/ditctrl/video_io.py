@@ -18,8 +18,3 @@ def write_mp4(path: str, frames: torch.Tensor, fps: int) -> str:
 def side_by_side(videos: torch.Tensor) -> torch.Tensor:
     """(B, F, H, W, 3) -> (F, H, B·W, 3): the batch's videos next to each other, row 0 on the left."""
     return torch.cat(list(videos), dim=2)
-
-
-def prompt_stem(prompt: str, limit: int = 120) -> str:
-    """The original's file-name form of a prompt: spaces -> '_', '/' removed, first `limit` characters."""
-    return prompt.replace(" ", "_").replace("/", "")[:limit]

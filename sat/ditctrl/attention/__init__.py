@@ -1,4 +1,5 @@
-"""Attention controllers, selected by the original's mixin names in `adaln_mixin_names`."""
+"""Attention controllers, selected by the original's mixin names in `adaln_mixin_names` (registry: controllers.py)."""
+from ..controllers import CONTROLLERS as CONTROLLER_SPECS
 from .control import AttentionController, ControlSchedule
 from .kv_sharing import KVSharing
 from .mask_guided import MaskGuidedKVSharing
@@ -8,13 +9,7 @@ from .visualize import AttentionVisualizer
 __all__ = ["AttentionController", "ControlSchedule", "KVSharing", "MaskGuidedKVSharing", "TokenReweighting",
            "AttentionVisualizer", "CONTROLLERS", "build_controller"]
 
-CONTROLLERS = {
-    "BaseAdaLNMixin": AttentionController,
-    "KVSharingAdaLNMixin": KVSharing,
-    "KVSharingMaskGuidedAdaLNMixin": MaskGuidedKVSharing,
-    "ReWeightAdaLNMixin": TokenReweighting,
-    "VisualizeAdaLNMixin": AttentionVisualizer,
-}
+CONTROLLERS = {name: globals()[spec.class_name] for name, spec in CONTROLLER_SPECS.items()}
 
 
 def build_controller(name: str, args, output_dir: str) -> AttentionController:

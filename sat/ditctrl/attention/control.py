@@ -4,7 +4,8 @@ The DiT applies the per-head QK LayerNorm and hands the controller q, k, v of sh
 (B, heads, N, head_dim) with the text tokens first. The controller returns the attention output
 of the same shape. Before each DiT forward the model calls `begin_forward(step, pair, token_grid)`
 with the sampler iteration and window pair it was given, so step and layer are explicit
-arguments rather than counters that could drift. Video tokens follow the text tokens in
+arguments rather than counters that could drift; after each sampler step the generation loop calls
+`end_step()`, where controllers write the files the step collected (never inside attention). Video tokens follow the text tokens in
 (frame, row, column) order over `token_grid` = (frames, rows, columns).
 """
 from collections.abc import Sequence
@@ -48,18 +49,14 @@ class AttentionController:
     def begin_forward(self, step=None, pair=None, token_grid=None) -> None:
         self.step, self.pair, self.token_grid = step, pair, token_grid
 
+    def end_step(self) -> None:
+        """Called once after each sampler step: write what the step collected (nothing for plain attention)."""
+
     def active(self, layer: int) -> bool:
         return self.schedule.active(self.step, layer)
 
     def __call__(self, q, k, v, layer: int, text_length: int) -> torch.Tensor:
         return attention(q, k, v)
-
-
-def split_branches(t: torch.Tensor):
-    """Split a (4·n, ...) batch into its (u_source, u_target, c_source, c_target) quarters."""
-    if t.shape[0] % 4:
-        raise ValueError(f"attention control needs a batch of source/target pairs with CFG (a multiple of 4 rows), got {t.shape[0]}")
-    return t.chunk(4)
 
 
 def token_indices(name: str, value) -> tuple:

@@ -1,14 +1,14 @@
 """KV-sharing (the original's `KVSharingAdaLNMixin`, ditctrl.md §4.3)."""
 import torch
 
-from .control import AttentionController, split_branches
+from ..pair_batch import PairBatch
+from .control import AttentionController
 from .kernels import attention
 
 
 def source_rows(t: torch.Tensor) -> torch.Tensor:
-    """Replace each target quarter by its source: (u_s, u_t, c_s, c_t) -> (u_s, u_s, c_s, c_s)."""
-    u_s, _, c_s, _ = split_branches(t)
-    return torch.cat([u_s, u_s, c_s, c_s])
+    """The pair batch `t` with each target part replaced by its source: (u_s, u_s, c_s, c_s)."""
+    return PairBatch.split(t).targets_as_sources().join()
 
 
 class KVSharing(AttentionController):

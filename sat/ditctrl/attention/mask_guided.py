@@ -21,7 +21,8 @@ fg/bg video keys):
   target text queries (2 rows, T×N), foreground (2 rows, m_fg×(T+n_fg)) and background (2 rows,
   m_bg×(T+n_bg)); an empty query group skips its call. The target work is at most N×N per row, so a
   controlled layer costs at most 1.25× a KV-sharing layer. Plus the probability blocks, an O(V)
-  normalisation and, when saving, two small PNGs.
+  normalisation and, when saving, two small masks kept on the device until the step ends
+(`end_step` writes them as PNGs).
 The largest tensors are the gathered copies of q/k/v, never a map over N×N or V×V entries.
 """
 import os
@@ -29,14 +30,13 @@ import os
 import torch
 
 from ..config import check_index_range
+from ..pair_batch import PairBatch
 from .control import AttentionController, ControlSchedule, token_indices
 from .kernels import attention, attention_with_lse, probabilities
 from .mask_images import save_mask_frames
 from .normalise import normalise_per_frame
 
-BRANCHES = 4  # batch rows (u_source, u_target, c_source, c_target)
-SOURCES, TARGETS = slice(0, None, 2), slice(1, None, 2)  # (u_source, c_source), (u_target, c_target)
-C_SOURCE, C_TARGET = 2, 3
+
 class TokenAttentionMap:
     """Running sum over layers of one row's head-averaged attention from every video query to a set of text tokens."""
 
@@ -89,6 +89,7 @@ class MaskGuidedKVSharing(AttentionController):
         self.source_map = TokenAttentionMap(token_indices("ref_token_idx", ref_tokens))
         self.target_map = TokenAttentionMap(token_indices("cur_token_idx", cur_tokens))
         self.last_recorded_layer = max(schedule.layers, default=-1)
+        self.pending_masks: list[tuple[str, torch.Tensor]] = []  # (PNG path, mask on the device) until end_step
 
     @classmethod
     def from_args(cls, args, output_dir: str | None) -> "MaskGuidedKVSharing":
@@ -102,6 +103,12 @@ class MaskGuidedKVSharing(AttentionController):
         self.source_map.reset()
         self.target_map.reset()
 
+    def end_step(self) -> None:
+        """Write the masks of the step's controlled layers (held on the device during the step) as PNGs."""
+        for path, mask in self.pending_masks:
+            save_mask_frames(mask, path)
+        self.pending_masks = []
+
     def records(self, layer: int) -> bool:
         """Whether this layer's maps are needed: a controlled step, at or before the last controlled layer."""
         return self.step in self.schedule.steps and layer <= self.last_recorded_layer
@@ -110,20 +117,21 @@ class MaskGuidedKVSharing(AttentionController):
         if not self.records(layer):
             return attention(q, k, v)
         self._check(q, text_length)
+        qs, ks, vs = (PairBatch.split(t) for t in (q, k, v))
         if not self.active(layer):
             out, lse = attention_with_lse(q, k, v)
-            self._record(q, k, lse[C_SOURCE], lse[C_TARGET], text_length)
+            lses = PairBatch.split(lse)
+            self._record(qs, ks, lses.c_source[0], lses.c_target[0], text_length)
             return out
-        sources, source_lse = attention_with_lse(q[SOURCES], k[SOURCES], v[SOURCES])  # ordinary attention
-        own = slice(C_TARGET, C_TARGET + 1)
-        _, c_target_lse = attention_with_lse(q[own], k[own], v[own])  # c_target's own keys: only the normaliser
-        self._record(q, k, source_lse[1], c_target_lse[0], text_length)
+        sources, source_lse = attention_with_lse(qs.sources(), ks.sources(), vs.sources())  # ordinary attention
+        _, c_target_lse = attention_with_lse(qs.c_target, ks.c_target, vs.c_target)  # own keys: only the normaliser
+        self._record(qs, ks, source_lse[1], c_target_lse[0], text_length)
         source_fg, target_fg = (mask.flatten() >= self.thres for mask in self._masks(layer))
-        targets = masked_target_attention(q[TARGETS], k[SOURCES], v[SOURCES], text_length, source_fg, target_fg)
-        return torch.stack([sources[0], targets[0], sources[1], targets[1]])
+        targets = masked_target_attention(qs.targets(), ks.sources(), vs.sources(), text_length, source_fg, target_fg)
+        return PairBatch.from_roles(sources, targets).join()
 
     def _check(self, q: torch.Tensor, text_length: int) -> None:
-        if q.shape[0] != BRANCHES:
+        if q.shape[0] != 4:
             raise ValueError(f"mask-guided KV-sharing needs a batch of exactly 4 rows (u_s, u_t, c_s, c_t), "
                              f"got {q.shape[0]}")
         check_index_range("ref_token_idx", self.source_map.tokens, text_length)
@@ -132,16 +140,17 @@ class MaskGuidedKVSharing(AttentionController):
         if frames * rows * cols != q.shape[2] - text_length:
             raise ValueError(f"token_grid {self.token_grid} does not match the {q.shape[2] - text_length} video tokens")
 
-    def _record(self, q, k, c_source_lse, c_target_lse, text_length: int) -> None:
+    def _record(self, qs: PairBatch, ks: PairBatch, c_source_lse, c_target_lse, text_length: int) -> None:
         """Add this layer's c_source and c_target maps; each lse (heads, N) is over that row's own keys."""
-        self.source_map.add(q[C_SOURCE, None], k[C_SOURCE, None], c_source_lse[None], text_length)
-        self.target_map.add(q[C_TARGET, None], k[C_TARGET, None], c_target_lse[None], text_length)
+        self.source_map.add(qs.c_source, ks.c_source, c_source_lse[None], text_length)
+        self.target_map.add(qs.c_target, ks.c_target, c_target_lse[None], text_length)
 
     def _masks(self, layer: int):
-        """The continuous (frames, rows, cols) source and target masks of this layer, saved when a folder is set."""
+        """The continuous (frames, rows, cols) source and target masks of this layer, queued for saving when a
+        folder is set."""
         masks = [normalise_per_frame(m.mean().view(self.token_grid)) for m in (self.source_map, self.target_map)]
         if self.mask_dir is not None:
             folder = os.path.join(self.mask_dir, f"segment{self.pair or 0}")
-            for kind, mask in zip("st", masks):
-                save_mask_frames(mask, os.path.join(folder, f"mask_{kind}_step{self.step}_layer{layer}_all_frames.png"))
+            self.pending_masks += [(os.path.join(folder, f"mask_{kind}_step{self.step}_layer{layer}_all_frames.png"),
+                                    mask) for kind, mask in zip("st", masks)]
         return masks

@@ -11,11 +11,10 @@ from numbers import Integral, Real
 
 import torch
 
-from .control import AttentionController, ControlSchedule, split_branches, token_indices
+from ..pair_batch import PairBatch
+from .control import AttentionController, ControlSchedule, token_indices
 from .kernels import attention, attention_with_lse, probabilities
 from .kv_sharing import source_rows
-
-TARGET_QUARTERS = (1, 3)  # u_target, c_target in (u_source, u_target, c_source, c_target)
 
 
 def _scaled_rows(out, probs, values, factor: float, renormalise: bool) -> torch.Tensor:
@@ -70,13 +69,13 @@ class TokenReweighting(AttentionController):
             raise ValueError(f"reweight_token_idx {list(self.tokens)} must index the {text_length} text tokens")
         if self.step < self.kv_switch_step:
             k, v = source_rows(k), source_rows(v)
-        q_quarters, k_quarters, v_quarters = (split_branches(t) for t in (q, k, v))  # checks the batch first
+        qs, ks, vs = (PairBatch.split(t) for t in (q, k, v))  # checks the batch first
         out, lse = attention_with_lse(q, k, v)  # ordinary for the sources, to be reweighted for the targets
-        quarters, lse_quarters = list(split_branches(out)), split_branches(lse)
-        for t in TARGET_QUARTERS:
-            quarters[t] = self.reweighted(quarters[t], q_quarters[t], k_quarters[t], v_quarters[t], lse_quarters[t],
-                                          text_length)
-        return torch.cat(quarters)
+        outs, lses = PairBatch.split(out), PairBatch.split(lse)
+        return outs._replace(
+            u_target=self.reweighted(outs.u_target, qs.u_target, ks.u_target, vs.u_target, lses.u_target, text_length),
+            c_target=self.reweighted(outs.c_target, qs.c_target, ks.c_target, vs.c_target, lses.c_target, text_length),
+        ).join()
 
     def reweighted(self, out, q, k, v, lse, text_length: int) -> torch.Tensor:
         """Attention output `out` (b, heads, N, d) of q, k, v (log-normaliser `lse`) with the token

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from ..attention_figures import TokenMaps, heatmap_figure, overview_figure, token_panels_figure
+from ..pair_batch import split_guidance
 from .control import AttentionController, ControlSchedule
 from .kernels import attention, attention_with_lse, probabilities
 from .normalise import min_max
 
 TOKEN_MAP_FRAME = 10  # latent frame of the token maps (the original's hard-coded 10), clamped to the last frame
-UNCOND_ROW, COND_ROW = 0, 1
 @dataclass(frozen=True)
 class MapLayout:
     """Where the drawn blocks sit in the joint sequence: text first, then video in (frame, row, col) order."""
@@ -59,14 +59,13 @@ class MapLayout:
         return self.text_length + frames * self.frame_tokens + row * self.token_grid[2] + col
 
 
-def head_mean_maps(q, k, v, row: int, blocks: list) -> list:
-    """Head-averaged softmax maps of batch `row` for each (queries, keys) block, fp32 (nq, nk) each.
-
-    One fused attention over the union of the blocks' queries yields their log-sum-exp over all keys.
+def head_mean_maps(q, k, v, blocks: list) -> list:
+    """Head-averaged softmax maps of the one-row q, k, v (1, heads, N, d) for each (queries, keys) block, fp32
+    (nq, nk) each. One fused attention over the union of the blocks' queries yields their log-sum-exp over all keys.
     """
     queries = torch.cat([block_queries for block_queries, _ in blocks])
-    q_row, k_row = q[row:row + 1, :, queries], k[row:row + 1]
-    _, lse = attention_with_lse(q_row, k_row, v[row:row + 1])
+    q_row, k_row = q[:, :, queries], k
+    _, lse = attention_with_lse(q_row, k_row, v)
     maps, start = [], 0
     for block_queries, keys in blocks:
         rows = slice(start, start + len(block_queries))
@@ -93,6 +92,7 @@ class AttentionVisualizer(AttentionController):
         self._layout: MapLayout | None = None
         self._sums: dict | None = None  # block name -> fp32 sum over the layers recorded so far
         self._count = 0
+        self._pending: list[tuple[int, int, MapLayout, dict]] = []  # (step, layer, layout, means on the device)
 
     @classmethod
     def from_args(cls, args, output_dir: str) -> "AttentionVisualizer":
@@ -110,8 +110,15 @@ class AttentionVisualizer(AttentionController):
         if self.recording(layer):
             self._accumulate(q, k, v, text_length)
             if self.active(layer):
-                self._write(layer)
+                self._pending.append((self.step, layer, self._layout,
+                                      {name: total / self._count for name, total in self._sums.items()}))
         return out
+
+    def end_step(self) -> None:
+        """Write the maps the step's forwards collected on the device."""
+        for step, layer, layout, means in self._pending:
+            self._write(step, layer, layout, means)
+        self._pending = []
 
     def _start(self, batch: int, text_length: int) -> None:
         """Check the first recorded layer of a forward and fix the layout of its blocks."""
@@ -133,9 +140,9 @@ class AttentionVisualizer(AttentionController):
         tokens = torch.tensor(self.tokens, device=device)
         spatial = layout.frame_queries(layout.spatial_frame, device)
         centre = layout.centre_queries(device)
-        maps = dict(zip(("text", "tokens"), head_mean_maps(q, k, v, COND_ROW, [(text, text), (token_frame, tokens)])))
-        maps.update(zip(("spatial", "temporal"),
-                        head_mean_maps(q, k, v, UNCOND_ROW, [(spatial, spatial), (centre, centre)])))
+        (u_q, c_q), (u_k, c_k), (u_v, c_v) = (split_guidance(t) for t in (q, k, v))
+        maps = dict(zip(("text", "tokens"), head_mean_maps(c_q, c_k, c_v, [(text, text), (token_frame, tokens)])))
+        maps.update(zip(("spatial", "temporal"), head_mean_maps(u_q, u_k, u_v, [(spatial, spatial), (centre, centre)])))
         if self._sums is None:
             self._sums = maps
         else:
@@ -143,13 +150,12 @@ class AttentionVisualizer(AttentionController):
                 self._sums[name] += block
         self._count += 1
 
-    def _write(self, layer: int) -> None:
+    def _write(self, step: int, layer: int, layout: MapLayout, means: dict) -> None:
         """Save the running means of layers 0…`layer` as figures and arrays under attn_map/step{s}_layer{l}/."""
-        layout = self._layout
-        mean = {name: (total / self._count).cpu() for name, total in self._sums.items()}
+        mean = {name: block.cpu() for name, block in means.items()}
         _, rows, cols = layout.token_grid
         token_maps = min_max(mean["tokens"].T.reshape(len(self.tokens), rows, cols), dims=(1, 2)).numpy()
-        step, frame, (row, col) = self.step, layout.spatial_frame, layout.centre
+        frame, (row, col) = layout.spatial_frame, layout.centre
         folder = os.path.join(self.output_dir, "attn_map", f"step{step}_layer{layer}")
         os.makedirs(folder, exist_ok=True)
         token_png = os.path.join(folder, f"token_attention_vertical_step_{step}_layer_{layer}_selected_frame_"

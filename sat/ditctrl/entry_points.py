@@ -1,0 +1,135 @@
+"""What each entry script can run, the files it will write, and every check derived from that, before torch.
+
+An entry point names its plan ("long": windows denoised as source/target pairs and blended; "clip": all
+prompts in one batch from one noise), the controllers it accepts and its prompt count. Together with the
+controller registry (controllers.py) this decides whether a run can work, so a combination that cannot
+is refused with one line before any model is built.
+"""
+from dataclasses import dataclass
+
+from .config import check_index_range
+from .controllers import ALL_PROMPTS, CONTROLLERS, SOURCE_PROMPTS, TARGET_PROMPTS
+from .segment_layout import SegmentLayout, segment_layout, video_frames
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    script: str
+    plan: str                 # "long" or "clip"
+    controllers: tuple        # the mixin names it accepts
+    prompt_count: int | None  # exactly this many prompts (after single_prompt_length), or any
+    stem: str                 # output file stem
+    prompt_roles: tuple = ()  # clip: one extra file per prompt, named by its role
+
+
+PAIR_CONTROLLERS = tuple(name for name, spec in CONTROLLERS.items() if spec.batch == "pair")
+ENTRY_POINTS = {
+    "sample_video": EntryPoint("sample_video.py", "long", PAIR_CONTROLLERS, None, "MultiPrompt"),
+    "sample_video_edit": EntryPoint("sample_video_edit.py", "clip", PAIR_CONTROLLERS, 2, "editing",
+                                    ("source", "target")),
+    "sample_video_visualize": EntryPoint("sample_video_visualize.py", "clip", ("VisualizeAdaLNMixin",), 1,
+                                         "visualization", ("prompt",)),
+}
+PROMPT_DESCRIPTIONS = {2: "exactly 2 prompts (source, target)", 1: "exactly 1 prompt"}
+
+
+def prompt_stem(prompt: str, limit: int = 120) -> str:
+    """The original's file-name form of a prompt: spaces -> '_', '/' removed, first `limit` characters."""
+    return prompt.replace(" ", "_").replace("/", "")[:limit]
+
+
+@dataclass(frozen=True)
+class VideoFiles:
+    """The files one controller's generation writes, relative to output_dir."""
+    together: str        # the long video, or all prompts of a clip side by side
+    per_prompt: tuple    # clip: one file per prompt role (empty with one prompt)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    entry: EntryPoint
+    prompts: list
+    layout: SegmentLayout | None  # long plans only
+    videos: dict                  # controller name -> VideoFiles
+    isolated: tuple               # long plans with is_run_isolated: one file per prompt, then their concatenation
+
+    @property
+    def files(self) -> list:
+        return [f for v in self.videos.values() for f in (v.together, *v.per_prompt)] + list(self.isolated)
+
+
+def plan_run(entry: EntryPoint, args, prompts) -> RunPlan:
+    """The run's windows (long plans) and output files; several controllers put their name in the file names."""
+    names = list(args.adaln_mixin_names)
+    tile_frames = video_frames(args.sampling_num_frames)
+    layout, isolated = None, ()
+    if entry.plan == "long":
+        layout = segment_layout(len(prompts), args.sampling_num_frames, args.overlap_size, args.num_transition_blocks,
+                                args.longer_mid_segment)
+        frames, roles = layout.video_frames, ()
+        if args.is_run_isolated:
+            isolated = (*(f"isolated/{p}_{prompt_stem(prompt)}_frames{tile_frames}.mp4" for p, prompt in enumerate(prompts)),
+                        f"isolated/all_frames{tile_frames * len(prompts)}.mp4")
+    else:
+        frames, roles = tile_frames, entry.prompt_roles if len(entry.prompt_roles) > 1 else ()
+    videos = {}
+    for name in names:
+        tag = f"_{name}" if len(names) > 1 else ""
+        videos[name] = VideoFiles(f"{entry.stem}{tag}_frames{frames}.mp4",
+                                  tuple(f"{entry.stem}{tag}_{role}_frames{frames}.mp4" for role in roles))
+    return RunPlan(entry, list(prompts), layout, videos, isolated)
+
+
+def check_run(entry: EntryPoint, cfg, prompts) -> None:
+    """Everything that needs no weights: controllers this entry can run, prompt count, the model's limits."""
+    args = cfg.args
+    for name in args.adaln_mixin_names:
+        if name not in entry.controllers:
+            hosts = [e.script for e in ENTRY_POINTS.values() if name in e.controllers]
+            raise ValueError(f"{entry.script} cannot run {name} (it accepts {', '.join(entry.controllers)}); "
+                             f"{name} runs in {' or '.join(hosts)}")
+    if entry.prompt_count is not None and len(prompts) != entry.prompt_count:
+        raise ValueError(f"{entry.script} needs {PROMPT_DESCRIPTIONS[entry.prompt_count]}, got {len(prompts)}")
+    check_model_fit(cfg)
+
+
+def check_model_fit(cfg) -> None:
+    """The window fits the model (odd, within its position table); every step and layer index the run's
+    controllers read exists."""
+    args = cfg.args
+    network = cfg.model.network_config.params
+    latent_frames = (network.num_frames - 1) // network.time_compressed_rate + 1
+    tile = args.sampling_num_frames
+    if tile % 2 == 0 or tile > latent_frames:
+        raise ValueError(f"args.sampling_num_frames = {tile}: must be odd (the VAE decodes 1 + 2k latent frames) "
+                         f"and at most {latent_frames}, the latent frames this model was trained with")
+    num_layers, num_steps = network.num_layers, cfg.model.sampler_config.params.num_steps
+    ranges = [("start_layer", num_layers), ("start_step", num_steps), ("layer_idx", num_layers),
+              ("step_idx", num_steps)]
+    for name in args.adaln_mixin_names:
+        spec = CONTROLLERS[name]
+        ranges += [(key, num_steps) for key in spec.step_keys] + [(key, num_layers) for key in spec.layer_keys]
+    for key, upper in ranges:
+        check_index_range(key, args[key], upper)
+
+
+def token_checks(args, num_prompts: int) -> list:
+    """(args key, indices, prompt positions) of every token index the run's controllers read."""
+    positions = {SOURCE_PROMPTS: range(num_prompts - 1), TARGET_PROMPTS: range(1, num_prompts),
+                 ALL_PROMPTS: range(num_prompts)}
+    return [(key, args[key], positions[role]) for name in args.adaln_mixin_names
+            for key, role in CONTROLLERS[name].token_keys]
+
+
+def check_token_indices(args, counts) -> None:
+    """Every token index must name a real token (not padding) of the prompts it indexes; `counts` are the
+    prompts' token counts (pieces plus </s>). The error shows the count and how to list the tokens."""
+    if any(CONTROLLERS[name].equal_token_counts for name in args.adaln_mixin_names) and len(set(counts)) > 1:
+        raise ValueError(f"reweighting needs prompts with the same number of tokens, got {', '.join(map(str, counts))} "
+                         f"(the token index must name the same word in each)")
+    for key, indices, positions in token_checks(args, len(counts)):
+        for p in positions:
+            for index in [indices] if isinstance(indices, int) else indices:
+                if not 0 <= index < counts[p]:
+                    raise ValueError(f"args.{key} = {index} is outside prompt {p} ({counts[p]} tokens including "
+                                     f"</s>): list them with python sat/show_tokens.py --prompt \"...\"")

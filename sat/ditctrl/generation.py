@@ -1,0 +1,129 @@
+"""The one generation API: load once, encode prompt sets, sample a plan with a controller, decode, write.
+
+    pipeline = Pipeline(cfg, device)
+    cond, = encode_prompt_sets(pipeline, [prompts])   # T5 loaded, every set encoded, T5 released
+    load_sampling_models(pipeline)                    # then the DiT and the VAE decoder
+    torch.manual_seed(seed)                           # the SDE noise comes from the global generator
+    latent = sample_long(pipeline, layout, cond, controller, noise)   # or sample_clip(...)
+    frames = pipeline.decode(latent)
+
+`sample_long` and `sample_clip` are the two samplers every plan uses (multi- and single-prompt long
+videos; the isolated baseline, editing and visualisation clips); `generate` runs a whole planned run
+as the entry scripts do. Each sampler step ends with `controller.end_step()`, where controllers write
+what the step collected.
+"""
+import os
+
+import torch
+
+from .attention import AttentionController, AttentionVisualizer, build_controller
+from .entry_points import RunPlan
+from .multi_prompt import MultiPromptDenoiser, long_noise, window_conditions
+from .pipeline import Pipeline, progress_bar
+from .sampler import full_noise_discarding_first, sample_dpmpp_2m_sde, shared_row_noise
+from .segment_layout import SegmentLayout
+from .video_io import side_by_side, write_mp4
+
+
+def encode_prompt_sets(pipeline: Pipeline, prompt_sets) -> list[torch.Tensor]:
+    """(P, L, D) T5 features of each prompt set; T5 is loaded for them and released afterwards."""
+    pipeline.load_text_encoder()
+    embeds = [pipeline.encode(prompts) for prompts in prompt_sets]
+    pipeline.release_text_encoder()
+    return embeds
+
+
+def load_sampling_models(pipeline: Pipeline) -> None:
+    pipeline.load_dit()
+    pipeline.load_vae()
+
+
+def ending_steps(denoise, controller: AttentionController):
+    """`denoise` followed by the controller's `end_step` at every sampler step."""
+    def step(x, i, alpha, timestep):
+        x0 = denoise(x, i, alpha, timestep)
+        controller.end_step()
+        return x0
+    return step
+
+
+def sample_long(pipeline: Pipeline, layout: SegmentLayout, embeds: torch.Tensor, controller: AttentionController,
+                noise: torch.Tensor, share_work: bool = True, max_batch_windows: int = 2, progress=None) -> torch.Tensor:
+    """Final (1, L, C, H, W) latent of a long video: embeds (P, L, D) one per prompt, noise (1, L, C, H, W)."""
+    cond = window_conditions(layout, embeds)
+    pipeline.dit.set_controller(controller)
+    denoiser = MultiPromptDenoiser(pipeline.guided(), layout, cond, torch.zeros_like(cond), share_work=share_work,
+                                   max_batch_windows=max_batch_windows)
+    return sample_dpmpp_2m_sde(ending_steps(denoiser, controller), noise.clone().to(pipeline.device),
+                               pipeline.schedule, full_noise_discarding_first, progress)
+
+
+def sample_clip(pipeline: Pipeline, cond: torch.Tensor, controller: AttentionController, noise: torch.Tensor,
+                progress=None) -> torch.Tensor:
+    """Final (B, T, C, H, W) latents of B prompts cond (B, L, D) sampled as one batch from one window noise
+    (1, T, C, H, W), sharing the SDE noise (the original's single-clip sampler). With two prompts the DiT
+    batch is a source/target pair."""
+    guided = pipeline.guided()
+    uncond = torch.zeros_like(cond)
+    pipeline.dit.set_controller(controller)
+
+    def denoise(x, i, alpha, timestep):
+        return guided(x, i, alpha, timestep, cond, uncond)
+
+    x = noise.expand(cond.shape[0], *noise.shape[1:]).to(pipeline.device).contiguous()
+    return sample_dpmpp_2m_sde(ending_steps(denoise, controller), x, pipeline.schedule, shared_row_noise, progress)
+
+
+def run_noise(cfg, plan: RunPlan) -> torch.Tensor:
+    """(1, L, C, H, W) fp32 initial noise drawn on the CPU from args.seed: the long latent, or one window."""
+    args, network = cfg.args, cfg.model.network_config.params
+    if plan.layout is not None:
+        return long_noise(plan.layout, args.latent_channels, network.latent_height, network.latent_width, args.seed)
+    shape = (1, args.sampling_num_frames, args.latent_channels, network.latent_height, network.latent_width)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+
+
+def generate(cfg, plan: RunPlan, device: str) -> dict:
+    """Run a planned entry-point run end to end; returns the controllers, by name, after their generation."""
+    args = cfg.args
+    pipeline = Pipeline(cfg, device)
+    with torch.no_grad():
+        embeds, = encode_prompt_sets(pipeline, [plan.prompts])
+        load_sampling_models(pipeline)
+        noise = run_noise(cfg, plan)
+        if plan.isolated:
+            torch.manual_seed(args.seed)
+            write_isolated_baseline(pipeline, plan, embeds, noise, args)
+        controllers = {}
+        for name, files in plan.videos.items():
+            controller = build_controller(name, args, args.output_dir)
+            torch.manual_seed(args.seed)
+            if plan.layout is not None:
+                layout = plan.layout
+                description = (f"{name}: {len(plan.prompts)} prompts, {layout.num_windows} windows, "
+                               f"{max(layout.num_windows - 1, 1)} window pairs/step")
+                latent = sample_long(pipeline, layout, embeds, controller, noise, args.share_unshared_work,
+                                     progress=progress_bar(description))
+            else:
+                latent = sample_clip(pipeline, embeds, controller, noise, progress_bar(f"{name}: {len(plan.prompts)} prompt(s) in one batch"))
+            frames = pipeline.decode(latent)  # (B, F, H, W, 3)
+            print(f"wrote {write_mp4(os.path.join(args.output_dir, files.together), side_by_side(frames), args.sampling_fps)}")
+            for file_name, video in zip(files.per_prompt, frames):
+                write_mp4(os.path.join(args.output_dir, file_name), video, args.sampling_fps)
+            if isinstance(controller, AttentionVisualizer):
+                print(f"wrote {controller.write_overview(frames[0].numpy())}")
+            controllers[name] = controller
+    return controllers
+
+
+def write_isolated_baseline(pipeline: Pipeline, plan: RunPlan, embeds: torch.Tensor, noise: torch.Tensor, args) -> None:
+    """Each prompt alone on its base window's noise, plain attention, as a one-prompt clip (the SDE noise
+    continues from one seed through the prompts)."""
+    clips = []
+    windows = plan.layout.base_windows
+    for p, w in enumerate(windows):
+        latent = sample_clip(pipeline, embeds[p:p + 1], AttentionController(), noise[:, plan.layout.window(w)],
+                             progress_bar(f"isolated prompt {p + 1}/{len(windows)}"))
+        clips.append(pipeline.decode(latent)[0])
+        write_mp4(os.path.join(args.output_dir, plan.isolated[p]), clips[-1], args.sampling_fps)
+    write_mp4(os.path.join(args.output_dir, plan.isolated[-1]), torch.cat(clips), args.sampling_fps)
