@@ -13,9 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config  # noqa: E402
-from ditctrl.pipeline import weight_paths  # noqa: E402
 from ditctrl.runs import user_errors  # noqa: E402
-from ditctrl.text_encoder import T5Tokens  # noqa: E402
 
 
 def main(argv=None):
@@ -25,6 +23,8 @@ def main(argv=None):
     options = parser.parse_args(argv)
     with user_errors():
         cfg = load_config([MODEL_CONFIG, *([TINY_MODEL_CONFIG] if options.tiny else [])], require_prompts=False)
+        from ditctrl.pipeline import weight_paths  # after the arguments: --help answers without torch
+        from ditctrl.text_encoder import T5Tokens
         tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
     for p, prompt in enumerate(options.prompt):
         print(f"prompt {p}: {prompt}")

@@ -5,6 +5,7 @@ entry functions in-process, which saves the interpreter start-up of every run.
 """
 import os
 import subprocess
+import sys
 
 import imageio.v3 as iio
 import pytest
@@ -124,6 +125,13 @@ def test_visualize(out):
     (["args.layer_idx=[30]"], "args.layer_idx contains 30"),
     (["args.sampling_num_frames=15"], "at most 13"),
     (["args.sampling_num_frames=12"], "must be odd"),
+    (["args.adaln_mixin_names=[VisualizeAdaLNMixin]"],
+     "sample_video.py cannot run VisualizeAdaLNMixin (it accepts BaseAdaLNMixin, KVSharingAdaLNMixin, "
+     "KVSharingMaskGuidedAdaLNMixin, ReWeightAdaLNMixin); VisualizeAdaLNMixin runs in sample_video_visualize.py"),
+    (["args.adaln_mixin_names=[ReWeightAdaLNMixin]", "args.reweight_token_idx=[2,40]",
+      "args.prompts=[a red rose in a garden,a red rose in a garden]"], "args.reweight_token_idx = 40 is outside prompt 0"),
+    (["args.adaln_mixin_names=[ReWeightAdaLNMixin]", "args.prompts=[a red rose,a rose in a garden]"],
+     "same number of tokens"),
 ])
 def test_bad_input_is_one_line_before_model_work(out, capsys, args, message):
     error = user_error(capsys, multi_prompt, "inference_case_configs/multi_prompts/rose.yaml",
@@ -162,3 +170,24 @@ def test_existing_outputs_are_announced(out, capsys):
     capsys.readouterr()
     edit("inference_case_configs/edit/bus_truck.yaml", f"args.output_dir={target}", "model.sampler_config.params.num_steps=3")
     assert f"overwriting existing {target / 'editing_frames49.mp4'}" in capsys.readouterr().out
+
+
+def test_edit_refuses_the_visualiser(out, capsys):
+    assert "sample_video_edit.py cannot run VisualizeAdaLNMixin" in user_error(
+        capsys, edit, "inference_case_configs/edit/bus_truck.yaml", f"args.output_dir={out / 'edit_vis'}",
+        "args.adaln_mixin_names=[VisualizeAdaLNMixin]")
+
+
+@pytest.mark.parametrize("argv, code", [(["--help"], 0), (["args.seed=0"], 2)])
+def test_help_and_config_errors_import_no_torch(argv, code):
+    """--help and config errors answer before torch, SAT or transformers are imported."""
+    probe = ("import sys; sys.path.insert(0, 'sat'); import sample_video\n"
+             "try:\n    sample_video.main(sys.argv[1:])\n"
+             "except SystemExit as stop:\n"
+             "    heavy = sorted({'torch', 'sat', 'transformers'} & set(sys.modules))\n"
+             "    print('heavy:', heavy); sys.exit(stop.code)")
+    result = subprocess.run([sys.executable, "-c", probe, *BASE, "--custom-config",
+                             "inference_case_configs/multi_prompts/rose.yaml", *argv],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == code, result.stderr
+    assert "heavy: []" in result.stdout
