@@ -8,11 +8,9 @@ from test_schedule import diffusers_dpm_scheduler
 
 from ditctrl.denoiser import guide, v_to_x0
 from ditctrl.sampler import (
-    ddim_step,
     dpmpp_2m_sde_multipliers,
     dpmpp_2m_sde_step,
     full_noise_discarding_first,
-    sample_ddim,
     sample_dpmpp_2m_sde,
     shared_row_noise,
 )
@@ -178,20 +176,6 @@ def test_loop_passes_schedule_to_denoise_and_returns_last_x0():
 def test_loop_rejects_non_float32_state():
     with pytest.raises(ValueError, match="float32"):
         sample_dpmpp_2m_sde(affine_x0, torch.zeros(SHAPE, dtype=torch.float16), sampling_schedule(), shared_row_noise)
-
-
-def test_ddim_with_exact_x0_follows_the_forward_process():
-    """With the true x0, DDIM keeps the initial noise: x_i = a_i*x0 + sqrt(1 - a_i^2)*eps at every step."""
-    schedule, x0, eps, states = sampling_schedule(), randn(*SHAPE, seed=40), randn(*SHAPE, seed=41), []
-
-    def oracle(x, step_index, alpha, timestep):
-        states.append(x)
-        return x0
-
-    assert torch.equal(sample_ddim(oracle, eps, schedule), x0)
-    for state, a in zip(states, schedule.alphas):
-        torch.testing.assert_close(state, a * x0 + math.sqrt(1 - a**2) * eps, rtol=0, atol=2e-6)
-    torch.testing.assert_close(ddim_step(states[-1], x0, schedule.alphas[-2], 1.0), x0, rtol=0, atol=1e-6)
 
 
 def test_v_to_x0_inverts_the_v_parameterisation_per_row():

@@ -146,12 +146,6 @@ def test_batched_prompts_are_encoded_independently(encoder):
         torch.testing.assert_close(batch[i], encoder.encode(prompt)[0])
 
 
-def test_unconditional_features_are_zeros_of_the_encode_shape(encoder):
-    zeros = encoder.unconditional(3)
-    assert zeros.shape == (3, 226, DIMS.d_model) and zeros.dtype == torch.float16
-    assert not zeros.any()
-
-
 def test_encoder_dtype_follows_the_request(t5_folder):
     assert T5TextEncoder(t5_folder, dtype=torch.float32).encode("a cat").dtype == torch.float32
 

@@ -1,4 +1,4 @@
-"""Samplers in VP form over sqrt(alpha_bar): SDE-DPM-Solver++(2M) (SAT's `VPSDEDPMPP2MSampler`) and DDIM.
+"""The sampler in VP form over sqrt(alpha_bar): SDE-DPM-Solver++(2M) (SAT's `VPSDEDPMPP2MSampler`).
 
 The steps are pure functions; the loops take the model as `denoise(x, step_index, alpha, timestep) -> x0`
 (already guided and blended by the caller) and the RNG policy as `draw_noise(x, first_step) -> noise like x`.
@@ -62,15 +62,6 @@ def dpmpp_2m_sde_step(x, x0, x0_prev, a_prev, a, a_next, noise) -> torch.Tensor:
     return m.m1 * x - m.m2 * d + m.sigma * noise
 
 
-def ddim_step(x, x0, a, a_next) -> torch.Tensor:
-    """Deterministic DDIM update (SAT's `VideoDDIMSampler`): x <- A*x + B*x0,
-    with A = sqrt((1 - a_next^2) / (1 - a^2)) and B = a_next - a*A."""
-    a, a_next = (torch.as_tensor(value, dtype=torch.float32, device=x.device) for value in (a, a_next))
-    coef_x = ((1 - a_next**2) / (1 - a**2)) ** 0.5
-    coef_x0 = a_next - a * coef_x
-    return coef_x * x + coef_x0 * x0
-
-
 def full_noise_discarding_first(x: torch.Tensor, first_step: bool) -> torch.Tensor:
     """RNG use of SAT's and DiTCtrl's multi-prompt samplers: one randn_like(x) on the first step; two on every
     later step, of which the first (the discarded first-order candidate's noise) is thrown away."""
@@ -115,12 +106,3 @@ def sample_dpmpp_2m_sde(
 
     return _run_sampler(denoise, x, schedule, update, progress)
 
-
-def sample_ddim(
-    denoise: Denoise, x: torch.Tensor, schedule: SamplingSchedule, progress: Optional[Progress] = None
-) -> torch.Tensor:
-    """SAT's `VideoDDIMSampler` loop from the initial noise x; returns the last step's x0 prediction."""
-    alphas = schedule.alphas
-    return _run_sampler(
-        denoise, x, schedule, lambda i, x, x0, x0_prev: ddim_step(x, x0, alphas[i], alphas[i + 1]), progress
-    )

@@ -14,13 +14,11 @@ def video_frames(latent_frames: int) -> int:
 class WindowCondition:
     """Conditioning of one window: a mix of two prompts' embeddings, weight `w_first` on `first`.
 
-    `uncond_prompt` names the prompt whose unconditional embedding the original picks (all are
-    zeros, so it never changes a result).
+    Every window's unconditional embedding is zeros (the original picks one prompt's, all zeros).
     """
     first: int
     second: int
     w_first: float
-    uncond_prompt: int
 
     @property
     def is_base(self) -> bool:
@@ -84,12 +82,12 @@ def segment_layout(num_prompts: int, tile: int, overlap: int, num_transition_blo
         base_windows.append(len(conditions))
         is_middle = 0 < p < num_prompts - 1
         repeats = 1 + (longer_mid_segment if is_middle else 0)
-        conditions += [WindowCondition(p, p, 1.0, p)] * repeats
+        conditions += [WindowCondition(p, p, 1.0)] * repeats
         if p < num_prompts - 1:
             for j in range(num_transition_blocks):
                 w_second = (j + 1) / (num_transition_blocks + 1)
                 w_first = 1 - w_second
-                conditions.append(WindowCondition(p, p + 1, w_first, p if w_first > w_second else p + 1))
+                conditions.append(WindowCondition(p, p + 1, w_first))
 
     stride = tile - overlap
     layout = SegmentLayout(tile, overlap, tuple(w * stride for w in range(len(conditions))), tuple(conditions),

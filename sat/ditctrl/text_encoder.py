@@ -49,8 +49,6 @@ class T5TextEncoder(T5Tokens):
         super().__init__(folder, max_length)
         self.model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
         self.model.to(device).eval().requires_grad_(False)
-        self.d_model = self.model.config.d_model
-        self.dtype = dtype
         self.device = torch.device(device)
 
     @torch.no_grad()
@@ -61,17 +59,6 @@ class T5TextEncoder(T5Tokens):
         ids = self.tokenize(prompts).to(self.device)
         with torch.autocast(device_type=self.device.type, enabled=False):
             return self.model(input_ids=ids).last_hidden_state
-
-    def unconditional(self, batch):
-        """Zero text features (batch, max_length, d_model): SAT's unconditional branch (``force_uc_zero_embeddings``)."""
-        return torch.zeros(batch, self.max_length, self.d_model, dtype=self.dtype, device=self.device)
-
-    def to(self, device):
-        """Move the encoder to ``device``; returns self."""
-        self.device = torch.device(device)
-        if self.model is not None:
-            self.model.to(self.device)
-        return self
 
     def release(self):
         """Drop the encoder weights (tokenizing still works), freeing their memory once encoding is done."""
