@@ -95,7 +95,7 @@ class Pipeline:
                                           max_length=cfg.model.conditioner_config.params.max_length)
         self.network_params = OmegaConf.to_container(cfg.model.network_config.params)
         self.dit = None
-        self.vae = build_vae(cfg, "cpu" if self.offload else self.device, self.dtype)
+        self.vae = self.load_vae("cpu" if self.offload else self.device)
         sampler = OmegaConf.to_container(cfg.model.sampler_config.params)
         self.schedule = sampling_schedule(sampler["num_steps"], sampler["shift_scale"])
         self.sampler_params = sampler
@@ -105,9 +105,15 @@ class Pipeline:
         """(P, L, D) T5 features of the prompts; T5 is released afterwards and the DiT is loaded."""
         embeds = self.text_encoder.encode(prompts)
         self.text_encoder.release()
-        self.dit = build_transformer(self.network_params, read_transformer_state_dict(weight_paths(self.cfg)["transformer"]),
-                                     self.device, self.dtype)
+        self.dit = self.load_dit()
         return embeds
+
+    def load_vae(self, device) -> CogVideoXVAE:
+        return build_vae(self.cfg, device, self.dtype)
+
+    def load_dit(self) -> DiffusionTransformer:
+        state_dict = read_transformer_state_dict(weight_paths(self.cfg)["transformer"])
+        return build_transformer(self.network_params, state_dict, self.device, self.dtype)
 
     def guided(self) -> GuidedDenoiser:
         return GuidedDenoiser(self.dit, self.sampler_params["cfg_scale"], self.sampler_params["cfg_exp"],
