@@ -8,6 +8,8 @@ from functools import partial
 
 import torch
 from omegaconf import OmegaConf
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
 from tqdm.auto import tqdm
 
 from .attention.kernels import set_backend
@@ -56,24 +58,46 @@ def run_dtype(args) -> torch.dtype:
     return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
 
 
+class OnMetaDevice(TorchFunctionMode):
+    """Every tensor factory call makes a meta tensor (no memory), even one naming a device: SAT builds its
+    layers with an explicit `device=cpu`, which the plain `torch.device("meta")` context would honour."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _device_constructors():
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
 def allocate_empty(module_type, params: dict, device, dtype) -> torch.nn.Module:
-    """`module_type(**params)` with uninitialised weights, allocated once on `device` in `dtype` (no init pass)."""
-    with torch.device("meta"):
+    """`module_type(**params)` with uninitialised weights, allocated once on `device` in `dtype` (no init pass,
+    no CPU or fp32 copy on the way)."""
+    with OnMetaDevice():
         module = module_type(**params).to(dtype)
     return module.to_empty(device=device)
+
+
+def load_weights(module, state_dict: dict, what: str, ignore=()) -> None:
+    """`load_state_dict_strict`, except that a file tensor already on the module's device in its dtype and shape
+    becomes the module's tensor as it is (memory-mapped pages are not copied: the CPU holds one copy)."""
+    targets = module.state_dict()
+    ready = {key: value for key, value in state_dict.items() if key in targets and
+             (value.shape, value.dtype, value.device) == (targets[key].shape, targets[key].dtype, targets[key].device)}
+    module.load_state_dict(ready, strict=False, assign=True)
+    load_state_dict_strict(module, state_dict, what, ignore)  # checks every key; adopted tensors copy onto themselves
 
 
 def build_transformer(network_params: dict, state_dict: dict, device, dtype) -> DiffusionTransformer:
     """The DiT with the checkpoint's weights, allocated once, directly on `device` in `dtype`."""
     model = allocate_empty(DiffusionTransformer, {**network_params, "skip_init": True}, device, dtype)
     model.get_mixin("pos_embed").reinit()  # the fixed table is recomputed, never read from the file
-    load_state_dict_strict(model, state_dict, "transformer", ignore={POSITION_TABLE_KEY})
+    load_weights(model, state_dict, "transformer", ignore={POSITION_TABLE_KEY})
     return model.eval().requires_grad_(False)
 
 
 def build_vae(cfg, device, dtype) -> CogVideoXVAE:
     vae = allocate_empty(CogVideoXVAE, OmegaConf.to_container(cfg.model.first_stage_config.params), device, dtype)
-    load_state_dict_strict(vae, read_vae_state_dict(weight_paths(cfg)["vae"]), "VAE")
+    load_weights(vae, read_vae_state_dict(weight_paths(cfg)["vae"]), "VAE")
     return vae.eval().requires_grad_(False)
 
 
