@@ -25,6 +25,7 @@ decode of one 13-latent-frame window; then the peak memory of encode, sampling a
 """
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -43,14 +44,16 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, MaskGuidedKVSharing  # noqa: E402
 from ditctrl.attention.kernels import BACKENDS, available_backends, set_backend  # noqa: E402
+from ditctrl.checkpoints import DIT_FILE_NAME, read_latest_iteration, read_transformer_state_dict  # noqa: E402
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, resolve_device  # noqa: E402
+from ditctrl.dit import DiffusionTransformer  # noqa: E402
 from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
 from ditctrl.multi_prompt import MultiPromptDenoiser, long_noise, row_layer_count, window_conditions  # noqa: E402
-from ditctrl.dit import DiffusionTransformer  # noqa: E402
-from ditctrl.pipeline import Pipeline, run_dtype, weight_paths  # noqa: E402
+from ditctrl.pipeline import Pipeline, build_transformer, run_dtype, weight_paths  # noqa: E402
 from ditctrl.sampler import full_noise_discarding_first, sample_dpmpp_2m_sde, shared_row_noise  # noqa: E402
 from ditctrl.segment_layout import segment_layout  # noqa: E402
-from ditctrl.synthetic_checkpoint import FULL_T5, build_random, ensure_synthetic_checkpoints, write_t5_folder  # noqa: E402
+from ditctrl.synthetic_checkpoint import (FULL_T5, build_random, ensure_synthetic_checkpoints,  # noqa: E402
+                                         write_t5_folder, write_transformer_checkpoint)
 from ditctrl.vae import CogVideoXVAE  # noqa: E402
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +64,7 @@ FULL_CHECKPOINT_DIR = "CogVideoX-2b-synthetic"  # resolved from sat/, like the r
 FORWARD_BATCH = 4  # (u_source, u_target, c_source, c_target)
 MAX_BATCH_WINDOWS = 2
 TIME_TARGET, MEMORY_TARGET = 1.3, 1.2  # mask-guided / KV-sharing forward
+LOAD_RSS_TARGET = 1.3  # peak host RSS / checkpoint file size when loading the transformer on the CPU
 GIB = 2**30
 
 
@@ -454,6 +458,56 @@ def gpu_check(options) -> dict:
     return results
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak RSS: VmHWM on Linux (ru_maxrss would carry the parent's peak over fork and exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def load_transformer_on_cpu(folder: str, network: dict) -> dict:
+    """Run in a fresh process: build the DiT on the CPU from `folder` in fp16 and read every weight once;
+    seconds and peak RSS."""
+    before = peak_rss_bytes()
+    start = time.perf_counter()
+    dit = build_transformer(network, read_transformer_state_dict(folder), "cpu", torch.float16)
+    seconds = time.perf_counter() - start
+    for p in dit.parameters():  # read every weight once, as the first forward does (mapped pages become resident)
+        p.abs().max()
+    return {"seconds": seconds, "seconds_with_first_read": time.perf_counter() - start, "peak_rss_before_bytes": before,
+            "peak_rss_bytes": peak_rss_bytes(), "parameters": sum(p.numel() for p in dit.parameters())}
+
+
+def load_check(options) -> dict:
+    """Write (once) a full-size fp16 synthetic transformer checkpoint, load it on the CPU in a fresh process and
+    report seconds and peak host RSS against the file size (target: at most LOAD_RSS_TARGET times the file)."""
+    cfg = benchmark_config(options)
+    network = OmegaConf.to_container(cfg.model.network_config.params)
+    folder = weight_paths(cfg)["transformer"]
+    if not os.path.isfile(os.path.join(folder, "latest")):
+        print(f"writing a random-weight fp16 transformer checkpoint to {folder} (once; later runs reuse it)")
+        dit = build_random(DiffusionTransformer, {**network, "skip_init": True}, "cpu", torch.float16, seed=0)
+        write_transformer_checkpoint(dit.state_dict(), folder)
+        del dit
+    path = os.path.join(folder, read_latest_iteration(folder), DIT_FILE_NAME)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process: its peak RSS is the load's
+        result = pool.apply(load_transformer_on_cpu, (folder, network))
+    file_bytes = os.path.getsize(path)
+    result.update(file=path, file_gib=file_bytes / GIB, peak_rss_gib=result["peak_rss_bytes"] / GIB,
+                  peak_rss_over_file=result["peak_rss_bytes"] / file_bytes, target=LOAD_RSS_TARGET,
+                  peak_rss_before_load_gib=result["peak_rss_before_bytes"] / GIB,
+                  metric="peak RSS of the loading process (imports included)")
+    print(f"load check: {result['parameters'] / 1e9:.2f} B parameters from a {result['file_gib']:.2f} GiB file in "
+          f"{result['seconds']:.1f} s ({result['seconds_with_first_read']:.1f} s with every weight read once); peak RSS {result['peak_rss_gib']:.2f} GiB = {result['peak_rss_over_file']:.2f}x "
+          f"the file (target <= {LOAD_RSS_TARGET}; {result['peak_rss_before_load_gib']:.2f} GiB before loading)")
+    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
+    with open(options.out, "w") as file:
+        json.dump({"load_check": result}, file, indent=2)
+    return result
+
+
 def parse_options(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
@@ -471,6 +525,9 @@ def parse_options(argv):
                         help="SDPA backend of the plain attention calls (auto lets torch choose)")
     parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     parser.add_argument("--out", default="outputs/benchmark/benchmark.json", help="JSON result file")
+    parser.add_argument("--load-check", action="store_true",
+                        help="write (once) a full-size fp16 transformer checkpoint and load it on the CPU: seconds, "
+                             "peak RSS vs the file size")
     parser.add_argument("--gpu-check", action="store_true",
                         help="the quick check of sat/gpu_check.sh: random weights made on the device, no checkpoint")
     options = parser.parse_args(argv)
@@ -484,8 +541,8 @@ def parse_options(argv):
         parser.error(str(error).replace("args.device", "--device"))
     on_cuda = options.device.startswith("cuda")
     if options.tiny is None:
-        options.tiny = not on_cuda
-    if not options.tiny and not on_cuda:
+        options.tiny = not on_cuda and not options.load_check
+    if not options.tiny and not on_cuda and not options.load_check:
         parser.error("--full needs a CUDA device (a full-size CPU run would take many hours); use --tiny")
     options.dtype = options.dtype or ("fp16" if on_cuda else "fp32")
     return options
@@ -517,6 +574,8 @@ def device_name(device: str) -> str:
 def main(argv=None) -> dict:
     """Run the sections not skipped; print the table, write the JSON and return the results."""
     options = parse_options(argv)
+    if options.load_check:
+        return load_check(options)
     if options.gpu_check:
         return gpu_check(options)
     cfg = benchmark_config(options)

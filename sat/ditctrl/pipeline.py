@@ -101,6 +101,29 @@ def build_vae(cfg, device, dtype) -> CogVideoXVAE:
     return vae.eval().requires_grad_(False)
 
 
+def one_call_decode_gib(vae_params: dict, video_frames: int, height: int, width: int, dtype) -> float:
+    """Memory of decoding `video_frames` frames in one VAE call, estimated from its two largest tensors: the
+    input and output of the upsampling conv that reaches full resolution (widths[1] channels at height×width)."""
+    channels = vae_params["ch"] * vae_params["ch_mult"][1]
+    return 2 * video_frames * channels * height * width * (torch.finfo(dtype).bits // 8) / 2**30
+
+
+def check_decode_memory(cfg, video_frames: int, device) -> None:
+    """Refuse, before any model work, a one-call decode (`vae_chunked_decode: False`) that cannot fit the GPU."""
+    device = torch.device(device)
+    if cfg.args.vae_chunked_decode or device.type != "cuda":
+        return
+    network = cfg.model.network_config.params
+    scale = 2 ** (len(cfg.model.first_stage_config.params.ch_mult) - 1)
+    need = one_call_decode_gib(OmegaConf.to_container(cfg.model.first_stage_config.params), video_frames,
+                               network.latent_height * scale, network.latent_width * scale, run_dtype(cfg.args))
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    if need > total:
+        raise ValueError(f"vae_chunked_decode: False decodes the {video_frames} frames in one call, about "
+                         f"{need:.0f} GiB, more than the {total:.0f} GiB of {torch.cuda.get_device_name(device)}; "
+                         f"set args.vae_chunked_decode=True (the default: one chunk of frames at a time)")
+
+
 def progress_bar(description: str):
     """A tqdm factory for the samplers' step loop."""
     return partial(tqdm, desc=description, unit="step", dynamic_ncols=True)

@@ -10,7 +10,7 @@ import torch
 from .checkpoints import MissingCheckpointError
 from .config import (announce_overwrites, check_index_range, expand_prompts, parse_cli, prepare_output_dir,
                      resolve_device, write_resolved_config)
-from .pipeline import Pipeline, check_weights, weight_paths
+from .pipeline import Pipeline, check_decode_memory, check_weights, weight_paths
 from .synthetic_checkpoint import ensure_synthetic_checkpoints
 from .text_encoder import T5Tokens
 
@@ -87,6 +87,7 @@ def start_run(argv, planned_outputs, check_prompts=None):
         tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
         check_prompts(cfg.args, prompts, token_counts(tokens.tokenize, prompts))
     device = resolve_device(cfg.args.device)
+    check_decode_memory(cfg, plan.frames if hasattr(plan, "frames") else plan.layout.video_frames, device)
     announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files))
     write_resolved_config(cfg, cfg.args.output_dir)
     return cfg, prompts, plan, Pipeline(cfg, device)
