@@ -15,30 +15,46 @@ Sections (each can be left out with --skip):
 The synthetic checkpoints are written on first use and reused. Prints a short table and writes
 everything, with the settings, as JSON to --out. Random weights make noise videos, but every kernel
 runs at the real model's shapes.
+
+    python sat/benchmark.py --gpu-check --steps 3 --repeats 2   # the quick check of sat/gpu_check.sh
+
+--gpu-check writes no checkpoint: random weights are made directly on the device (T5: 2 of the 24
+t5-v1_1-xxl blocks at full width). Sections, each reported even when another fails: encode (T5, then the
+DiT), forward on every SDPA backend the device offers (the fastest plain forward wins), rose, and the
+decode of one 13-latent-frame window; then the peak memory of encode, sampling and decode.
 """
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+import traceback
 from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, MaskGuidedKVSharing  # noqa: E402
-from ditctrl.attention.kernels import BACKENDS  # noqa: E402
+from ditctrl.attention.kernels import BACKENDS, available_backends, set_backend  # noqa: E402
+from ditctrl.checkpoints import DIT_FILE_NAME, read_latest_iteration, read_transformer_state_dict  # noqa: E402
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, resolve_device  # noqa: E402
+from ditctrl.dit import DiffusionTransformer  # noqa: E402
 from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
 from ditctrl.generation import encode_prompt_sets, load_sampling_models, sample_clip, sample_long  # noqa: E402
 from ditctrl.multi_prompt import long_noise, row_layer_count  # noqa: E402
-from ditctrl.pipeline import Pipeline, weight_paths  # noqa: E402
+from ditctrl.pipeline import Pipeline, build_transformer, run_dtype, weight_paths  # noqa: E402
 from ditctrl.segment_layout import segment_layout, video_frames  # noqa: E402
-from ditctrl.synthetic_checkpoint import ensure_synthetic_checkpoints  # noqa: E402
+from ditctrl.synthetic_checkpoint import (FULL_T5, build_random, ensure_synthetic_checkpoints,  # noqa: E402
+                                          write_t5_folder, write_transformer_checkpoint)
+from ditctrl.vae import CogVideoXVAE  # noqa: E402
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROSE_CASE = os.path.join(REPO_DIR, "inference_case_configs", "multi_prompts", "rose.yaml")
@@ -48,6 +64,7 @@ FULL_CHECKPOINT_DIR = "CogVideoX-2b-synthetic"  # resolved from sat/, like the r
 FORWARD_BATCH = 4  # (u_source, u_target, c_source, c_target)
 MAX_BATCH_WINDOWS = 2
 TIME_TARGET, MEMORY_TARGET = 1.3, 1.2  # mask-guided / KV-sharing forward
+LOAD_RSS_TARGET = 1.3  # peak host RSS / checkpoint file size when loading the transformer on the CPU
 GIB = 2**30
 
 
@@ -125,7 +142,7 @@ def format_ratio(value) -> str:
 class Benchmark:
     """The rose case's pipeline, loaded once (T5 encode, then the DiT), and the four sections."""
 
-    def __init__(self, cfg, device: str, repeats: int):
+    def __init__(self, cfg, device: str, repeats: int, pipeline_type=Pipeline):
         self.args, self.repeats = cfg.args, repeats
         self.clock = Clock(torch.device(device))
         self.size = DiTSize.from_network_params(cfg.model.network_config.params)
@@ -134,7 +151,7 @@ class Benchmark:
                                      self.args.num_transition_blocks, self.args.longer_mid_segment)
         self.kv_schedule = ControlSchedule.from_args(self.args)
         with self.clock.phase() as encode:
-            self.pipeline = Pipeline(cfg, device)
+            self.pipeline = pipeline_type(cfg, device)
             self.embeds, = encode_prompt_sets(self.pipeline, [self.prompts])  # (P, L, D)
             load_sampling_models(self.pipeline)
         self.encode_phase, self.dit = encode, self.pipeline.dit
@@ -269,6 +286,221 @@ class Benchmark:
         return result, lines
 
 
+GPU_CHECK_T5_BLOCKS = 2  # of t5-v1_1-xxl's 24, at full width, with the synthetic tokenizer's 1100-id vocabulary
+GPU_CHECK_T5_VOCAB = 1100
+DECODE_WINDOW_FRAMES = 13  # latent frames of one window: 49 video frames
+FULL_SIZE_MATH_NOTE = "math not timed at full size: it builds the 4 x heads x N x N scores (about 75 GB in fp16)"
+
+
+def t5_block_bytes(dims: dict, element_size: int) -> int:
+    """Weight bytes of one T5 v1.1 encoder block: q, k, v, o, the gated feed-forward's three matrices, two norms."""
+    inner = dims["num_heads"] * dims["d_kv"]
+    return (4 * dims["d_model"] * inner + 3 * dims["d_model"] * dims["d_ff"] + 2 * dims["d_model"]) * element_size
+
+
+class RandomWeightPipeline(Pipeline):
+    """The pipeline with random weights made directly on the device: no checkpoint file is written or read,
+    except a small T5 folder (`gpu_check_t5`) in a temporary directory, deleted once the DiT is built."""
+
+    def __init__(self, cfg, device: str):
+        self.t5_dims = gpu_check_t5(cfg)
+        self.t5_folder = tempfile.mkdtemp(prefix="ditctrl_t5_")
+        dtype = run_dtype(cfg.args)
+        write_t5_folder(self.t5_folder, **self.t5_dims, dtype=torch.float16 if dtype == torch.float32 else dtype,
+                        device=device)
+        cfg = OmegaConf.merge(cfg, {"model": {"conditioner_config": {"params": {"model_dir": self.t5_folder}}}})
+        super().__init__(cfg, device)
+
+    def load_vae(self) -> None:
+        params = OmegaConf.to_container(self.cfg.model.first_stage_config.params)
+        self.vae = build_random(CogVideoXVAE, params, "cpu" if self.offload else self.device, self.dtype, seed=1).eval()
+
+    def load_dit(self) -> None:
+        shutil.rmtree(self.t5_folder, ignore_errors=True)
+        dit = build_random(DiffusionTransformer, {**self.network_params, "skip_init": True}, self.device, self.dtype,
+                           seed=0)
+        dit.get_mixin("pos_embed").reinit()
+        self.dit = dit.eval().requires_grad_(False)
+
+
+def gpu_check_t5(cfg) -> dict:
+    """The tiny config's T5, or GPU_CHECK_T5_BLOCKS blocks of t5-v1_1-xxl at full width."""
+    if "tiny_t5" in cfg.model:
+        return OmegaConf.to_container(cfg.model.tiny_t5)
+    return {**FULL_T5, "num_layers": GPU_CHECK_T5_BLOCKS, "vocab_size": GPU_CHECK_T5_VOCAB}
+
+
+def encode_section(bench) -> tuple[dict, list]:
+    """The encode phase the benchmark ran at start-up (T5 encode, then the DiT made on the device)."""
+    phase, pipeline = bench.encode_phase, bench.pipeline
+    dims = pipeline.t5_dims
+    missing_blocks = FULL_T5["num_layers"] - dims["num_layers"] if dims["d_model"] == FULL_T5["d_model"] else 0
+    extra_gib = missing_blocks * t5_block_bytes(dims, torch.finfo(pipeline.dtype).bits // 8) / GIB
+    result = {**phase, "t5": f"{dims['num_layers']} blocks, d_model {dims['d_model']}, random weights",
+              "t5_xxl_extra_weights_gib": extra_gib,
+              "note": f"the real t5-v1_1-xxl has {missing_blocks} more blocks: about {extra_gib:.1f} GiB more "
+                      "weights while encoding (T5 is released before the DiT is built)"}
+    return result, [f"encode   T5 ({result['t5']}) then DiT: {phase['seconds']:.1f} s, peak {phase['peak_gib']:.2f} "
+                    f"GiB; the full T5-XXL adds about {extra_gib:.1f} GiB of weights"]
+
+
+def forward_on_every_backend(bench, full_size: bool) -> tuple[dict, list]:
+    """The forward section once per SDPA backend the device offers; the fastest plain forward wins."""
+    size, pipeline = bench.size, bench.pipeline
+    head_dim = size.hidden_size // bench.dit.mixins["adaln_layer"].num_heads
+    offered = available_backends(bench.clock.device, pipeline.dtype, head_dim)
+    results, lines, failed = {"offered": offered}, [], {}
+    if full_size and "math" in offered:
+        offered = [name for name in offered if name != "math"]
+        results["math"] = FULL_SIZE_MATH_NOTE
+        lines.append(f"forward  {FULL_SIZE_MATH_NOTE}")
+    for name in offered:
+        set_backend(name)
+        try:
+            results[name], backend_lines = bench.forward()
+            lines += [f"[{name}] {line}" for line in backend_lines]
+        except Exception as error:  # noqa: BLE001 - one backend failing must not hide the others
+            failed[name] = f"{type(error).__name__}: {error}"
+            lines.append(f"[{name}] forward FAILED: {failed[name]}")
+            traceback.print_exc()
+        finally:
+            set_backend(pipeline.args.attention_backend)
+            release_cached_memory(bench.clock)
+    timed = [name for name in offered if name in results]
+    if timed:
+        results["winner"] = min(timed, key=lambda name: results[name]["plain"]["ms_per_forward"])
+        lines.append(f"forward  fastest SDPA backend (plain forward): {results['winner']}")
+    results["failed"] = failed
+    return results, lines
+
+
+def decode_window_section(bench) -> tuple[dict, list]:
+    """One window (13 latent frames, 49 video frames) decoded by the pipeline, as the run's decode does."""
+    size = bench.size
+    latent = torch.randn(1, DECODE_WINDOW_FRAMES, size.in_channels, size.latent_height, size.latent_width,
+                         generator=torch.Generator().manual_seed(0))
+    with bench.clock.phase() as decode:
+        frames = bench.pipeline.decode(latent)
+    result = {**decode, "latent_frames": DECODE_WINDOW_FRAMES, "video_shape": list(frames.shape),
+              "vae_chunked_decode": bench.args.vae_chunked_decode}
+    return result, [f"decode   {DECODE_WINDOW_FRAMES} latent frames -> {tuple(frames.shape[1:4])}: "
+                    f"{decode['seconds']:.1f} s, peak {decode['peak_gib']:.2f} GiB"]
+
+
+def memory_summary(results: dict, bench) -> tuple[dict, list]:
+    """Peak memory per phase from the sections that ran: encode, rose sampling (work-shared), decode."""
+    phases = {"encode": results.get("encode", {}).get("peak_gib"),
+              "sampling_rose": bench.rose_runs[True]["sampling"]["peak_gib"] if True in bench.rose_runs else None,
+              "decode_window": results.get("decode", {}).get("peak_gib")}
+    measured = [gib for gib in phases.values() if gib is not None]
+    result = {"metric": bench.clock.memory_metric, "phases_gib": phases, "max_gib": max(measured, default=None)}
+    shown = ", ".join(f"{phase} {gib:.2f} GiB" for phase, gib in phases.items() if gib is not None)
+    return result, [f"memory   {shown}"]
+
+
+def release_cached_memory(clock) -> None:
+    if clock.cuda:
+        torch.cuda.empty_cache()
+
+
+def gpu_check(options) -> dict:
+    """The quick check: random weights on the device, every section in its own try block, a summary at the end."""
+    cfg = benchmark_config(options)
+    results = {"settings": {
+        "size": "tiny" if options.tiny else "full", "device": device_name(options.device), "dtype": options.dtype,
+        "steps": options.steps, "repeats": options.repeats, "torch": torch.__version__,
+        "attention_backend": cfg.args.attention_backend,
+        "weights": "random, made directly on the device (no checkpoint files)"}}
+    lines, failures = [], {}
+
+    def section(name, call):
+        print(f"gpu-check {name} ...", flush=True)
+        try:
+            results[name], section_lines = call()
+            lines.extend(section_lines)
+        except Exception as error:  # noqa: BLE001 - one failing section must not hide the others
+            failures[name] = f"{type(error).__name__}: {error}"
+            lines.append(f"{name:<8} FAILED: {failures[name]}")
+            traceback.print_exc()
+
+    with torch.no_grad():
+        try:
+            bench = Benchmark(cfg, options.device, options.repeats, RandomWeightPipeline)
+        except Exception as error:  # noqa: BLE001 - reported like a failed section
+            bench, failures["encode"] = None, f"{type(error).__name__}: {error}"
+            lines.append(f"encode   FAILED: {failures['encode']}")
+            traceback.print_exc()
+        if bench is not None:
+            section("encode", lambda: encode_section(bench))
+            section("forward", lambda: forward_on_every_backend(bench, not options.tiny))
+            section("rose", bench.rose)
+            release_cached_memory(bench.clock)
+            section("decode", lambda: decode_window_section(bench))
+            section("memory", lambda: memory_summary(results, bench))
+    results["failures"] = failures
+    results["summary"] = lines
+    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
+    with open(options.out, "w") as file:
+        json.dump(results, file, indent=2)
+    settings = results["settings"]
+    print(f"\ngpu check: {settings['size']} size, {settings['device']}, {settings['dtype']}, "
+          f"{settings['steps']} steps measured, {settings['repeats']} repeats")
+    print("\n".join(lines))
+    print(f"{len(failures)} section(s) failed: {sorted(failures)}" if failures else "all sections ran")
+    print(f"wrote {options.out}")
+    return results
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS: VmHWM on Linux (ru_maxrss would carry the parent's peak over fork and exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def load_transformer_on_cpu(folder: str, network: dict) -> dict:
+    """Run in a fresh process: build the DiT on the CPU from `folder` in fp16 and read every weight once;
+    seconds and peak RSS."""
+    before = peak_rss_bytes()
+    start = time.perf_counter()
+    dit = build_transformer(network, read_transformer_state_dict(folder), "cpu", torch.float16)
+    seconds = time.perf_counter() - start
+    for p in dit.parameters():  # read every weight once, as the first forward does (mapped pages become resident)
+        p.abs().max()
+    return {"seconds": seconds, "seconds_with_first_read": time.perf_counter() - start, "peak_rss_before_bytes": before,
+            "peak_rss_bytes": peak_rss_bytes(), "parameters": sum(p.numel() for p in dit.parameters())}
+
+
+def load_check(options) -> dict:
+    """Write (once) a full-size fp16 synthetic transformer checkpoint, load it on the CPU in a fresh process and
+    report seconds and peak host RSS against the file size (target: at most LOAD_RSS_TARGET times the file)."""
+    cfg = benchmark_config(options)
+    network = OmegaConf.to_container(cfg.model.network_config.params)
+    folder = weight_paths(cfg)["transformer"]
+    if not os.path.isfile(os.path.join(folder, "latest")):
+        print(f"writing a random-weight fp16 transformer checkpoint to {folder} (once; later runs reuse it)")
+        dit = build_random(DiffusionTransformer, {**network, "skip_init": True}, "cpu", torch.float16, seed=0)
+        write_transformer_checkpoint(dit.state_dict(), folder)
+        del dit
+    path = os.path.join(folder, read_latest_iteration(folder), DIT_FILE_NAME)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process: its peak RSS is the load's
+        result = pool.apply(load_transformer_on_cpu, (folder, network))
+    file_bytes = os.path.getsize(path)
+    result.update(file=path, file_gib=file_bytes / GIB, peak_rss_gib=result["peak_rss_bytes"] / GIB,
+                  peak_rss_over_file=result["peak_rss_bytes"] / file_bytes, target=LOAD_RSS_TARGET,
+                  peak_rss_before_load_gib=result["peak_rss_before_bytes"] / GIB,
+                  metric="peak RSS of the loading process (imports included)")
+    print(f"load check: {result['parameters'] / 1e9:.2f} B parameters from a {result['file_gib']:.2f} GiB file in "
+          f"{result['seconds']:.1f} s ({result['seconds_with_first_read']:.1f} s with every weight read once); peak RSS {result['peak_rss_gib']:.2f} GiB = {result['peak_rss_over_file']:.2f}x "
+          f"the file (target <= {LOAD_RSS_TARGET}; {result['peak_rss_before_load_gib']:.2f} GiB before loading)")
+    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
+    with open(options.out, "w") as file:
+        json.dump({"load_check": result}, file, indent=2)
+    return result
+
+
 def parse_options(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
@@ -286,6 +518,11 @@ def parse_options(argv):
                         help="SDPA backend of the plain attention calls (auto lets torch choose)")
     parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     parser.add_argument("--out", default="outputs/benchmark/benchmark.json", help="JSON result file")
+    parser.add_argument("--load-check", action="store_true",
+                        help="write (once) a full-size fp16 transformer checkpoint and load it on the CPU: seconds, "
+                             "peak RSS vs the file size")
+    parser.add_argument("--gpu-check", action="store_true",
+                        help="the quick check of sat/gpu_check.sh: random weights made on the device, no checkpoint")
     options = parser.parse_args(argv)
     if options.steps < 2:
         parser.error(f"--steps must be >= 2, got {options.steps}")
@@ -297,8 +534,8 @@ def parse_options(argv):
         parser.error(str(error).replace("args.device", "--device"))
     on_cuda = options.device.startswith("cuda")
     if options.tiny is None:
-        options.tiny = not on_cuda
-    if not options.tiny and not on_cuda:
+        options.tiny = not on_cuda and not options.load_check
+    if not options.tiny and not on_cuda and not options.load_check:
         parser.error("--full needs a CUDA device (a full-size CPU run would take many hours); use --tiny")
     options.dtype = options.dtype or ("fp16" if on_cuda else "fp32")
     return options
@@ -330,6 +567,10 @@ def device_name(device: str) -> str:
 def main(argv=None) -> dict:
     """Run the sections not skipped; print the table, write the JSON and return the results."""
     options = parse_options(argv)
+    if options.load_check:
+        return load_check(options)
+    if options.gpu_check:
+        return gpu_check(options)
     cfg = benchmark_config(options)
     ensure_synthetic_checkpoints(cfg, options.device)
     results = {"settings": {

@@ -5,3 +5,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAT_DIR = os.path.join(REPO_ROOT, "sat")
 if SAT_DIR not in sys.path:
     sys.path.insert(0, SAT_DIR)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: runs on a CUDA device (skipped without one; DITCTRL_TEST_DEVICE=cpu "
+                                       "runs the same tests on the CPU in bfloat16 as a dry run)")

@@ -1,8 +1,13 @@
 """Building the models from checkpoint files, as the entry scripts do."""
 import torch
+from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from ditctrl.checkpoints import read_transformer_state_dict
-from ditctrl.pipeline import build_transformer
+from ditctrl.config import TINY_MODEL_CONFIG
+from ditctrl.dit import DiffusionTransformer
+from ditctrl.pipeline import allocate_empty, build_transformer
 from ditctrl.synthetic_checkpoint import write_transformer_checkpoint
 from tiny_models import SMALL_DIT, small_dit
 
@@ -24,3 +29,47 @@ def test_built_transformer_holds_weights_in_the_run_dtype(tmp_path):
     built = build_transformer(SMALL_DIT, read_transformer_state_dict(str(tmp_path / "transformer")), "cpu",
                               torch.bfloat16)
     assert {p.dtype for p in built.parameters()} == {torch.bfloat16}
+
+
+class NewStorages(TorchDispatchMode):
+    """Every tensor storage an op creates off the meta device (an output storage that is none of its inputs')."""
+
+    def __init__(self):
+        super().__init__()
+        self.created = []  # (dtype, bytes)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        known = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+                 and t.device.type != "meta"}
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.untyped_storage().data_ptr() not in known:
+                known.add(t.untyped_storage().data_ptr())
+                self.created.append((t.dtype, t.untyped_storage().nbytes()))
+        return out
+
+
+def test_allocation_in_the_run_dtype_makes_no_fp32_copy_of_the_layers():
+    """SAT builds its layers with an explicit device=cpu in fp32; allocate_empty must still allocate each weight
+    once, in bf16. Only the position table is computed in fp32/fp64 (from numpy) before the allocation."""
+    network = OmegaConf.to_container(OmegaConf.load(TINY_MODEL_CONFIG).model.network_config.params)
+    with NewStorages() as spy:
+        model = allocate_empty(DiffusionTransformer, {**network, "skip_init": True}, "cpu", torch.bfloat16)
+    table = model.get_mixin("pos_embed").pos_embedding
+    model_bytes = sum(t.untyped_storage().nbytes() for t in model.state_dict().values())
+    in_run_dtype = sum(nbytes for dtype, nbytes in spy.created if dtype == torch.bfloat16)
+    others = [nbytes for dtype, nbytes in spy.created if dtype != torch.bfloat16]
+    assert model_bytes <= in_run_dtype <= model_bytes + table.numel() * 2  # + the table's cast before allocation
+    assert max(others) <= table.numel() * 8  # the table in float64, the largest fp32/fp64 temporary
+    assert sum(others) <= 4 * table.numel() * 8 < model_bytes / 10
+
+
+def test_weights_already_in_the_run_dtype_are_used_from_the_memory_mapped_file(tmp_path):
+    """A file in the run dtype is not copied on the CPU: the model's weights are the file's mapped pages."""
+    write_transformer_checkpoint(small_dit().to(torch.bfloat16).state_dict(), str(tmp_path / "transformer"))
+    state_dict = read_transformer_state_dict(str(tmp_path / "transformer"))
+    built = build_transformer(SMALL_DIT, state_dict, "cpu", torch.bfloat16)
+    weights = built.state_dict()
+    assert all(weights[key].data_ptr() == value.data_ptr() for key, value in state_dict.items())
+    converted = build_transformer(SMALL_DIT, state_dict, "cpu", torch.float32)  # another dtype: converted copies
+    assert all(converted.state_dict()[key].dtype == torch.float32 for key in state_dict)

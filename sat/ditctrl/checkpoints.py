@@ -55,13 +55,13 @@ def _require(path, is_dir=False):
 
 def _torch_load(path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         warnings.warn(
             f"{path} holds pickled objects besides tensors; loading it with weights_only=False, "
             "which is only safe for a file from a trusted source"
         )
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
 
 
 def _unwrap(checkpoint, path, wrapper_keys):

@@ -46,7 +46,7 @@ class PositionEmbedding3DMixin(BaseMixin):
     def table(self) -> torch.Tensor:
         """The fixed table with zero rows for the text tokens, fp32 on the CPU."""
         video = sincos_3d(*self.table_args)
-        return torch.cat([torch.zeros(self.text_length, video.shape[1], device=video.device), video])[None]
+        return torch.cat([video.new_zeros(self.text_length, video.shape[1]), video])[None]
 
     def reinit(self, parent_model=None):
         """Recompute the table in place (after `to_empty`; checkpoints do not carry it)."""

@@ -52,6 +52,7 @@ class RunPlan:
     layout: SegmentLayout | None  # long plans only
     videos: dict                  # controller name -> VideoFiles
     isolated: tuple               # long plans with is_run_isolated: one file per prompt, then their concatenation
+    decoded_frames: int           # frames of each video one decode call produces
 
     @property
     def files(self) -> list:
@@ -77,7 +78,7 @@ def plan_run(entry: EntryPoint, args, prompts) -> RunPlan:
         tag = f"_{name}" if len(names) > 1 else ""
         videos[name] = VideoFiles(f"{entry.stem}{tag}_frames{frames}.mp4",
                                   tuple(f"{entry.stem}{tag}_{role}_frames{frames}.mp4" for role in roles))
-    return RunPlan(entry, list(prompts), layout, videos, isolated)
+    return RunPlan(entry, list(prompts), layout, videos, isolated, frames)
 
 
 def check_run(entry: EntryPoint, cfg, prompts) -> None:

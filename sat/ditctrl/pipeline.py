@@ -8,6 +8,8 @@ from functools import partial
 
 import torch
 from omegaconf import OmegaConf
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
 from tqdm.auto import tqdm
 
 from .attention.kernels import set_backend
@@ -56,31 +58,76 @@ def run_dtype(args) -> torch.dtype:
     return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
 
 
+class OnMetaDevice(TorchFunctionMode):
+    """Every tensor factory call makes a meta tensor (no memory), even one naming a device: SAT builds its
+    layers with an explicit `device=cpu`, which the plain `torch.device("meta")` context would honour."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _device_constructors():
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
 def allocate_empty(module_type, params: dict, device, dtype) -> torch.nn.Module:
-    """`module_type(**params)` with uninitialised weights, allocated once on `device` in `dtype` (no init pass)."""
-    with torch.device("meta"):
+    """`module_type(**params)` with uninitialised weights, allocated once on `device` in `dtype` (no init pass,
+    no CPU or fp32 copy on the way)."""
+    with OnMetaDevice():
         module = module_type(**params).to(dtype)
     return module.to_empty(device=device)
+
+
+def load_weights(module, state_dict: dict, what: str, ignore=()) -> None:
+    """`load_state_dict_strict`, except that a file tensor already on the module's device in its dtype and shape
+    becomes the module's tensor as it is (memory-mapped pages are not copied: the CPU holds one copy)."""
+    targets = module.state_dict()
+    ready = {key: value for key, value in state_dict.items() if key in targets and
+             (value.shape, value.dtype, value.device) == (targets[key].shape, targets[key].dtype, targets[key].device)}
+    module.load_state_dict(ready, strict=False, assign=True)
+    load_state_dict_strict(module, state_dict, what, ignore)  # checks every key; adopted tensors copy onto themselves
 
 
 def build_transformer(network_params: dict, state_dict: dict, device, dtype) -> DiffusionTransformer:
     """The DiT with the checkpoint's weights, allocated once, directly on `device` in `dtype`."""
     model = allocate_empty(DiffusionTransformer, {**network_params, "skip_init": True}, device, dtype)
     model.get_mixin("pos_embed").reinit()  # the fixed table is recomputed, never read from the file
-    load_state_dict_strict(model, state_dict, "transformer", ignore={POSITION_TABLE_KEY})
+    load_weights(model, state_dict, "transformer", ignore={POSITION_TABLE_KEY})
     return model.eval().requires_grad_(False)
 
 
 def build_vae_decoder(cfg, device, dtype) -> CogVideoXVAE:
     """The VAE with the checkpoint's decoder on `device`; the encoder, unused when sampling, is checked by the
     strict load on the CPU and then dropped."""
-    with torch.device("meta"):
+    with OnMetaDevice():
         vae = CogVideoXVAE(**OmegaConf.to_container(cfg.model.first_stage_config.params)).to(dtype)
     vae.encoder.to_empty(device="cpu")
     vae.decoder.to_empty(device=device)
-    load_state_dict_strict(vae, read_vae_state_dict(weight_paths(cfg)["vae"]), "VAE")
+    load_weights(vae, read_vae_state_dict(weight_paths(cfg)["vae"]), "VAE")
     vae.encoder = None
     return vae.eval().requires_grad_(False)
+
+
+def one_call_decode_gib(vae_params: dict, video_frames: int, height: int, width: int, dtype) -> float:
+    """Memory of decoding `video_frames` frames in one VAE call, estimated from its two largest tensors: the
+    input and output of the upsampling conv that reaches full resolution (widths[1] channels at height×width)."""
+    channels = vae_params["ch"] * vae_params["ch_mult"][1]
+    return 2 * video_frames * channels * height * width * (torch.finfo(dtype).bits // 8) / 2**30
+
+
+def check_decode_memory(cfg, video_frames: int, device) -> None:
+    """Refuse, before any model work, a one-call decode (`vae_chunked_decode: False`) that cannot fit the GPU."""
+    device = torch.device(device)
+    if cfg.args.vae_chunked_decode or device.type != "cuda":
+        return
+    network = cfg.model.network_config.params
+    scale = 2 ** (len(cfg.model.first_stage_config.params.ch_mult) - 1)
+    need = one_call_decode_gib(OmegaConf.to_container(cfg.model.first_stage_config.params), video_frames,
+                               network.latent_height * scale, network.latent_width * scale, run_dtype(cfg.args))
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    if need > total:
+        raise ValueError(f"vae_chunked_decode: False decodes the {video_frames} frames in one call, about "
+                         f"{need:.0f} GiB, more than the {total:.0f} GiB of {torch.cuda.get_device_name(device)}; "
+                         f"set args.vae_chunked_decode=True (the default: one chunk of frames at a time)")
 
 
 def progress_bar(description: str):

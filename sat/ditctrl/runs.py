@@ -44,12 +44,13 @@ def prepare_run(entry_name: str, argv=None):
         from .synthetic_checkpoint import ensure_synthetic_checkpoints
         print(RANDOM_WEIGHTS_NOTE)
         ensure_synthetic_checkpoints(cfg)
-    from .pipeline import check_weights, weight_paths
+    from .pipeline import check_decode_memory, check_weights, weight_paths
     from .text_encoder import T5Tokens
     check_weights(cfg)
     tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
     check_token_indices(cfg.args, token_counts(tokens.tokenize, prompts))
     device = resolve_device(cfg.args.device)
+    check_decode_memory(cfg, plan.decoded_frames, device)
     announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files))
     write_resolved_config(cfg, cfg.args.output_dir)
     return cfg, plan, device
