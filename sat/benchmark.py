@@ -33,8 +33,10 @@ import torch  # noqa: E402
 from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, MaskGuidedKVSharing  # noqa: E402
 from ditctrl.attention.kernels import BACKENDS  # noqa: E402
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, resolve_device  # noqa: E402
+from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
 from ditctrl.multi_prompt import MultiPromptDenoiser, long_noise, row_layer_count, window_conditions  # noqa: E402
+from ditctrl.output_files import write_text  # noqa: E402
 from ditctrl.pipeline import Pipeline, weight_paths  # noqa: E402
 from ditctrl.sampler import full_noise_discarding_first, sample_dpmpp_2m_sde, shared_row_noise  # noqa: E402
 from ditctrl.segment_layout import segment_layout  # noqa: E402
@@ -352,9 +354,7 @@ def main(argv=None) -> dict:
                 print(f"benchmarking {section} ...")
                 results[section], section_lines = getattr(bench, section)()
                 lines += section_lines
-    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
-    with open(options.out, "w") as file:
-        json.dump(results, file, indent=2)
+    write_text(options.out, json.dumps(results, indent=2))
     settings = results["settings"]
     print(f"\n{settings['size']} size, {settings['device']}, {settings['dtype']}, {settings['steps']} steps")
     print("\n".join(lines))
@@ -363,4 +363,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from ditctrl.attention import AttentionController, build_controller  # noqa: E402
+from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.multi_prompt import MultiPromptDenoiser, long_noise, window_conditions  # noqa: E402
 from ditctrl.pipeline import progress_bar  # noqa: E402
 from ditctrl.runs import check_token_indices, seed_everything, start_run, user_errors  # noqa: E402
@@ -100,4 +101,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

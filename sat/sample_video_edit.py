@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ditctrl.clip_runs import check_edit_prompts, run  # noqa: E402
+from ditctrl.errors import guarded  # noqa: E402
 
 if __name__ == "__main__":
-    run(None, "editing", ("source", "target"), check_edit_prompts)
+    guarded(run, None, "editing", ("source", "target"), check_edit_prompts)

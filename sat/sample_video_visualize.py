@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ditctrl.clip_runs import check_visualize_prompts, run  # noqa: E402
+from ditctrl.errors import guarded  # noqa: E402
 
 
 def write_overview(controller, frames):
@@ -20,4 +21,4 @@ def write_overview(controller, frames):
 
 
 if __name__ == "__main__":
-    run(None, "visualization", ("prompt",), check_visualize_prompts, write_overview)
+    guarded(run, None, "visualization", ("prompt",), check_visualize_prompts, write_overview)

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 import torch
 
 from .checkpoints import MissingCheckpointError
-from .config import (announce_overwrites, check_index_range, expand_prompts, parse_cli, prepare_output_dir,
-                     resolve_device, write_resolved_config)
-from .pipeline import Pipeline, check_weights, weight_paths
+from .config import (announce_overwrites, check_attention_backend, check_index_range, expand_prompts, parse_cli,
+                     prepare_output_dir, resolve_device, validate_model, write_resolved_config)
+from .pipeline import Pipeline, check_weights, run_dtype, weight_paths
 from .synthetic_checkpoint import ensure_synthetic_checkpoints
 from .text_encoder import T5Tokens
 
@@ -76,9 +76,14 @@ def start_run(argv, planned_outputs, check_prompts=None):
     written and the models built (T5 ready to encode).
     """
     cfg = parse_cli(argv)
+    validate_model(cfg)
     prompts = expand_prompts(cfg.args)
     check_model_fit(cfg)
     plan = planned_outputs(cfg, prompts)
+    device = resolve_device(cfg.args.device)
+    network = cfg.model.network_config.params
+    check_attention_backend(cfg.args.attention_backend, device, run_dtype(cfg.args),
+                            network.hidden_size // network.num_attention_heads)
     if "tiny_t5" in cfg.model:
         print(RANDOM_WEIGHTS_NOTE)
         ensure_synthetic_checkpoints(cfg)  # the tiny model's weights are written on first use
@@ -86,8 +91,9 @@ def start_run(argv, planned_outputs, check_prompts=None):
     if check_prompts is not None:
         tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
         check_prompts(cfg.args, prompts, token_counts(tokens.tokenize, prompts))
-    device = resolve_device(cfg.args.device)
-    announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files))
+        tokens.announce_cut_prompts(prompts)
+    mask_dirs = [cfg.args.mask_save_dir] if "KVSharingMaskGuidedAdaLNMixin" in cfg.args.adaln_mixin_names else []
+    announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files, filter(None, mask_dirs)))
     write_resolved_config(cfg, cfg.args.output_dir)
     return cfg, prompts, plan, Pipeline(cfg, device)
 
