@@ -439,10 +439,10 @@ def _claim_folder(folder: str, key: str) -> None:
         os.makedirs(folder, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_probe"):
             pass
+        if OutputRun.active is not None:
+            OutputRun.active.claim(folder)
     except OSError as error:
         raise ConfigError(f"{key} '{folder}' is not writable: {error.strerror}") from error
-    if OutputRun.active is not None:
-        OutputRun.active.claim(folder)
 
 
 def prepare_output_dir(output_dir: str, planned_files: Iterable[str], other_dirs: Iterable[str] = ()) -> list[str]:

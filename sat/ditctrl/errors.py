@@ -20,6 +20,7 @@ import traceback
 from .output_files import OutputRun, OutputWriteError
 
 INTERRUPTED_NOTE = "no output of this run was kept; earlier outputs are unchanged"
+COMMITTED_NOTE = "after this run's outputs were all written"
 
 
 class Terminated(BaseException):
@@ -52,16 +53,19 @@ def _stop(message: str, status: int):
 
 def guarded(main, *args) -> None:
     """Run `main(*args)` as an entry script's whole body; see the module docstring for what the user sees."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    run = OutputRun()
     try:
-        with OutputRun():
+        with run:
             main(*args)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        _stop(f"interrupted: {INTERRUPTED_NOTE}", 130)
-    except Terminated:
-        _stop(f"terminated: {INTERRUPTED_NOTE}", 143)
+    except (KeyboardInterrupt, Terminated) as stop:
+        # a signal that arrives while the outputs are renamed into place waits until they all are
+        note = COMMITTED_NOTE if run.committed else INTERRUPTED_NOTE
+        if isinstance(stop, KeyboardInterrupt):
+            _stop(f"interrupted: {note}", 130)
+        _stop(f"terminated: {note}", 143)
     except OutputWriteError as error:
         _stop(f"error: {error}; {INTERRUPTED_NOTE}", 1)
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line instead of a traceback
@@ -70,3 +74,5 @@ def guarded(main, *args) -> None:
         except OSError as log_error:
             where = f"the log could not be written ({log_error.strerror})"
         _stop(f"error: internal error ({_one_line(error)}); {where}", 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)

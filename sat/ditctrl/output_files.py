@@ -11,6 +11,7 @@ A claimed folder carries a lock file (pid, host, start time of its run). A secon
 folder is refused naming the first; a lock left by a killed run is reported as stale, never taken over.
 This module imports nothing heavy, so the entry scripts can use it before torch is loaded.
 """
+import contextlib
 import fcntl
 import json
 import os
@@ -190,6 +191,25 @@ def unlock_folder(folder: str, fd: int) -> None:
     os.close(fd)
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM back for the block (main thread only), then raise them again."""
+    pending = []
+    try:
+        previous = {number: signal.signal(number, lambda received, frame: pending.append(received))
+                    for number in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals go to the main thread anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in pending:
+            signal.raise_signal(number)
+
+
 class OutputRun:
     """The outputs of one run: its locked folders and the finished files waiting to be renamed into place.
 
@@ -203,6 +223,7 @@ class OutputRun:
     def __init__(self):
         self.locks = {}  # absolute folder -> lock descriptor
         self.staged = {}  # final path -> (temporary path, last)
+        self.committed = False  # every staged file renamed into place
 
     def __enter__(self):
         if OutputRun.active is not None:
@@ -227,7 +248,8 @@ class OutputRun:
         """Lock `folder` (which must exist) for this run; its files are staged until the run ends."""
         folder = os.path.abspath(folder)
         if not self.holds(os.path.join(folder, LOCK_NAME)):
-            self.locks[folder] = lock_folder(folder)
+            with _signals_deferred():  # a lock taken is a lock recorded, so it is always released
+                self.locks[folder] = lock_folder(folder)
 
     def holds(self, path: str) -> bool:
         path = os.path.abspath(path)
@@ -242,18 +264,17 @@ class OutputRun:
     def commit(self) -> None:
         """Rename every staged file into place, the `last` ones after the rest; SIGINT/SIGTERM wait until done."""
         order = sorted(self.staged.items(), key=lambda item: item[1][1])
-        blocked = {signal.SIGINT, signal.SIGTERM}
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
-            for path, (temporary, _) in order:
-                try:
-                    _rename_into_place(temporary, path)
-                except OSError as error:
-                    raise OutputWriteError(path, _reason(error)) from error
-                del self.staged[path]
+            with _signals_deferred():
+                for path, (temporary, _) in order:
+                    try:
+                        _rename_into_place(temporary, path)
+                    except OSError as error:
+                        raise OutputWriteError(path, _reason(error)) from error
+                    del self.staged[path]
+                self.committed = True
         finally:
             self.discard()
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def discard(self) -> None:
         for temporary, _ in self.staged.values():
