@@ -24,9 +24,12 @@ def write_mp4(path: str, frames: torch.Tensor, fps: int) -> str:
     takes its final name.
     """
     def write(temporary):
-        with imageio.get_writer(temporary, fps=fps, quality=8, macro_block_size=1) as writer:
+        writer = imageio.get_writer(temporary, fps=fps, quality=8, macro_block_size=1)
+        try:
             for frame in frames.numpy():
                 writer.append_data(np.ascontiguousarray(frame))
+        finally:  # also on errors, which imageio's own __exit__ leaves to the garbage collector: ffmpeg is done
+            writer.close()  # before the temporary file is removed
 
     return write_file(path, write, verify=lambda temporary: _check_frame_count(temporary, len(frames)))
 
