@@ -47,9 +47,11 @@ from ditctrl.attention.kernels import BACKENDS, available_backends, set_backend 
 from ditctrl.checkpoints import DIT_FILE_NAME, read_latest_iteration, read_transformer_state_dict  # noqa: E402
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, resolve_device  # noqa: E402
 from ditctrl.dit import DiffusionTransformer  # noqa: E402
+from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
 from ditctrl.generation import encode_prompt_sets, load_sampling_models, sample_clip, sample_long  # noqa: E402
 from ditctrl.multi_prompt import long_noise, row_layer_count  # noqa: E402
+from ditctrl.output_files import write_text  # noqa: E402
 from ditctrl.pipeline import Pipeline, build_transformer, run_dtype, weight_paths  # noqa: E402
 from ditctrl.segment_layout import segment_layout, video_frames  # noqa: E402
 from ditctrl.synthetic_checkpoint import (FULL_T5, build_random, ensure_synthetic_checkpoints,  # noqa: E402
@@ -439,9 +441,7 @@ def gpu_check(options) -> dict:
             section("memory", lambda: memory_summary(results, bench))
     results["failures"] = failures
     results["summary"] = lines
-    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
-    with open(options.out, "w") as file:
-        json.dump(results, file, indent=2)
+    write_text(options.out, json.dumps(results, indent=2))
     settings = results["settings"]
     print(f"\ngpu check: {settings['size']} size, {settings['device']}, {settings['dtype']}, "
           f"{settings['steps']} steps measured, {settings['repeats']} repeats")
@@ -495,9 +495,7 @@ def load_check(options) -> dict:
     print(f"load check: {result['parameters'] / 1e9:.2f} B parameters from a {result['file_gib']:.2f} GiB file in "
           f"{result['seconds']:.1f} s ({result['seconds_with_first_read']:.1f} s with every weight read once); peak RSS {result['peak_rss_gib']:.2f} GiB = {result['peak_rss_over_file']:.2f}x "
           f"the file (target <= {LOAD_RSS_TARGET}; {result['peak_rss_before_load_gib']:.2f} GiB before loading)")
-    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
-    with open(options.out, "w") as file:
-        json.dump({"load_check": result}, file, indent=2)
+    write_text(options.out, json.dumps({"load_check": result}, indent=2))
     return result
 
 
@@ -586,9 +584,7 @@ def main(argv=None) -> dict:
                 print(f"benchmarking {section} ...")
                 results[section], section_lines = getattr(bench, section)()
                 lines += section_lines
-    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
-    with open(options.out, "w") as file:
-        json.dump(results, file, indent=2)
+    write_text(options.out, json.dumps(results, indent=2))
     settings = results["settings"]
     print(f"\n{settings['size']} size, {settings['device']}, {settings['dtype']}, {settings['steps']} steps")
     print("\n".join(lines))
@@ -597,4 +593,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

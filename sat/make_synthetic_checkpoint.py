@@ -5,7 +5,9 @@
 
 Paths come from the same configs the samplers read (`args.load`, the VAE `ckpt_path`, the T5
 `model_dir`), so the samplers then load these files through their real loading code. Existing
-checkpoints are kept unless --force is given. Videos from these weights are noise: they prove the
+checkpoints are kept unless --force is given. Only folders this writer made (marked
+`.ditctrl-synthetic`) or new, empty ones are written: a folder with other files may hold a real
+checkpoint and is refused, --force or not. Videos from these weights are noise: they prove the
 machinery, not the picture.
 """
 import argparse
@@ -14,10 +16,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ditctrl.checkpoints import MissingCheckpointError  # noqa: E402
-from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config  # noqa: E402
-from ditctrl.pipeline import check_weights, weight_paths  # noqa: E402
-from ditctrl.synthetic_checkpoint import write_synthetic_checkpoints  # noqa: E402
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, validate_model  # noqa: E402
+from ditctrl.errors import guarded  # noqa: E402
+from ditctrl.pipeline import weight_paths  # noqa: E402
+from ditctrl.runs import user_errors  # noqa: E402
+from ditctrl.synthetic_checkpoint import PARTS, claim_part_folders, missing_parts, write_synthetic_checkpoints  # noqa: E402,E501
 
 
 def main(argv=None):
@@ -28,17 +31,17 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
     options = parser.parse_args(argv)
-    cfg = load_config([*options.base, *([TINY_MODEL_CONFIG] if options.tiny else [])], require_prompts=False)
-    if not options.force:
-        try:
-            check_weights(cfg)
-            print(f"synthetic checkpoints already present: {weight_paths(cfg)}")
-            return
-        except MissingCheckpointError:
-            pass
-    for name, path in write_synthetic_checkpoints(cfg, options.device, options.seed).items():
+    with user_errors():
+        cfg = load_config([*options.base, *([TINY_MODEL_CONFIG] if options.tiny else [])], require_prompts=False)
+        validate_model(cfg)
+        parts = PARTS if options.force else missing_parts(cfg)
+        claim_part_folders(weight_paths(cfg), parts)
+    if not parts:
+        print(f"synthetic checkpoints already present: {weight_paths(cfg)}")
+        return
+    for name, path in write_synthetic_checkpoints(cfg, options.device, options.seed, parts).items():
         print(f"wrote random-weight {name}: {path}")
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

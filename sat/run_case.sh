@@ -1,23 +1,33 @@
-# Shared body of the top-level run_*.sh scripts (sourced, not run).
-# Usage from a run script:  run_case <entry script in sat/> <default case yaml> "$@"
-# Arguments: [CASE.yaml] [--tiny] [key=value overrides, e.g. args.seed=7]
+# Shared body of the top-level run_*.sh scripts (sourced, not run, right after they cd to the repository root).
+# Usage from a run script:  run_case <entry script in sat/> <default case file> "$@"
+# Arguments: [CASE_FILE] [--tiny] [key=value overrides, e.g. args.seed=7] [--prompts P1 P2 ...]
+# CASE_FILE is any argument that is neither an option nor key=value (any name, not only *.yaml); a relative
+# path is taken from the caller's folder when it exists there, else from the repository root.
+# Everything after --prompts is a prompt (the entry script refuses a key=value there, with a hint).
 run_case() {
-    local script=$1 case_yaml=$2
+    local script=$1 case_file=$2
     shift 2
-    local tiny="" overrides=()
-    for arg in "$@"; do
-        case "$arg" in
+    local caller_dir=${OLDPWD:-$PWD}  # set by the run script's cd
+    local tiny="" overrides=() rest=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
             --tiny) tiny="--tiny" ;;
-            *.yaml) case_yaml="$arg" ;;
-            *) overrides+=("$arg") ;;
+            --prompts|--) rest=("$@"); break ;;
+            -*) overrides+=("$1") ;;
+            *=*) if [[ "$1" =~ ^[A-Za-z_][A-Za-z0-9_.-]*= ]]; then overrides+=("$1"); else case_file=$1; fi ;;
+            *) case_file=$1 ;;
         esac
+        shift
     done
+    if [[ "$case_file" != /* && -e "$caller_dir/$case_file" ]]; then
+        case_file="$caller_dir/$case_file"
+    fi
     export WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1
     # Short OpenMP spin-waits: CPU runs stay fast when other processes share the cores (measured on 2 cores:
     # a tiny forward takes 4.1 s with libgomp's default spinning next to a second job, 0.1 s with this).
     export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-1000}"
     local cmd=(python "sat/$script" --base configs/cogvideox_2b.yaml configs/inference.yaml
-               --custom-config "$case_yaml" ${tiny:+"$tiny"} "${overrides[@]}")
+               --custom-config "$case_file" ${tiny:+"$tiny"} "${overrides[@]}" "${rest[@]}")
     echo "${cmd[*]}"
     "${cmd[@]}"
 }

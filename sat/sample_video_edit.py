@@ -12,6 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.runs import run_entry  # noqa: E402
 
 
@@ -20,4 +21,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config  # noqa: E402
+from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.runs import user_errors  # noqa: E402
 
 
@@ -33,4 +34,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

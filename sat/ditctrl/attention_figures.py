@@ -9,6 +9,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .output_files import write_file
+
 TEMPORAL_COMPRESSION = 4  # CogVideoX VAE: latent frame f ≥ 1 decodes to video frames 4f-3 … 4f
 TOKEN_PANEL_DPI = 150  # the original's dpi for the token panels; its other figures use matplotlib's default
 OVERVIEW_DPI = 100
@@ -40,8 +42,8 @@ def token_panels_figure(maps: np.ndarray, path: str, dpi: float | None = None) -
         ax.imshow((255 * token_map).astype(np.uint8), cmap="magma")  # astype truncates, as the original
         ax.axis("off")
     fig.tight_layout(pad=0.1, h_pad=0.1)
-    fig.savefig(path, dpi=dpi or TOKEN_PANEL_DPI, bbox_inches="tight", pad_inches=0, facecolor="white")
-    return path
+    return write_file(path, lambda temporary: fig.savefig(temporary, dpi=dpi or TOKEN_PANEL_DPI, bbox_inches="tight",
+                                                          pad_inches=0, facecolor="white"))
 
 
 def heatmap_figure(matrix: np.ndarray, path: str, title: str, axis_label: str, size_in: float,
@@ -56,8 +58,7 @@ def heatmap_figure(matrix: np.ndarray, path: str, title: str, axis_label: str, s
     ax.set_title(title)
     if grid:
         ax.grid(True, color="white", alpha=0.3)
-    fig.savefig(path, dpi=dpi or "figure", bbox_inches="tight")
-    return path
+    return write_file(path, lambda temporary: fig.savefig(temporary, dpi=dpi or "figure", bbox_inches="tight"))
 
 
 def video_frame_of_latent(frame: int, num_video_frames: int) -> int:
@@ -90,8 +91,7 @@ def overview_figure(records: list, frames_rgb, path: str, dpi: float | None = No
         for ax in row:
             ax.axis("off")
     fig.tight_layout(pad=0.2)
-    fig.savefig(path, dpi=dpi or OVERVIEW_DPI, facecolor="white")
-    return path
+    return write_file(path, lambda temporary: fig.savefig(temporary, dpi=dpi or OVERVIEW_DPI, facecolor="white"))
 
 
 def _draw_token_map(ax, token_map: np.ndarray, background: np.ndarray | None) -> None:

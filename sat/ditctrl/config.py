@@ -20,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .controllers import CONTROLLERS
+from .output_files import OutputRun, write_text
+
+NUM_TRAIN_TIMESTEPS = 1000  # the DDPM discretisation CogVideoX was trained with (schedule.py builds on it)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 INFERENCE_CONFIG = os.path.join(CONFIG_DIR, "inference.yaml")
@@ -31,6 +34,10 @@ CONTROLLER_NAMES = tuple(CONTROLLERS)
 PARAMS_FILE = "params.yaml"
 CLI_SOURCE = "command line"
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+_OVERRIDE_PATTERN = re.compile(r"(args|model)\.[\w.\-]+=")
+SEED_LIMIT = 2**63  # torch generators take a signed 64-bit seed
+NON_EMPTY_LISTS = ("ref_token_idx", "cur_token_idx", "attn_map_token_idx", "attn_map_step_idx", "attn_map_layer_idx",
+                   "reweight_token_idx")
 
 
 class ConfigError(ValueError):
@@ -272,6 +279,9 @@ def validate_args(args: Mapping, require_prompts: bool = True) -> None:
     """
     for key in ("seed", "latent_channels", "sampling_num_frames", "sampling_fps"):
         _require(args[key] > 0, f"args.{key} must be > 0, got {args[key]}")
+    _require(args["seed"] < SEED_LIMIT, f"args.seed must be < 2^63 = {SEED_LIMIT}, got {args['seed']}")
+    for key in NON_EMPTY_LISTS:
+        _require(args[key] != [], f"args.{key} is empty: give at least one index")
     for key in ("start_step", "start_layer", "overlap_size", "num_transition_blocks", "longer_mid_segment",
                 "single_prompt_length", "reweight_kv_switch_step"):
         _require(args[key] >= 0, f"args.{key} must be >= 0, got {args[key]}")
@@ -292,6 +302,121 @@ def validate_args(args: Mapping, require_prompts: bool = True) -> None:
     if require_prompts:
         _check_prompts(args["prompts"], args["single_prompt_length"])
     _check_controllers(args["adaln_mixin_names"])
+
+
+def _is_number(value) -> bool:
+    return _is_int(value) or isinstance(value, float)
+
+
+_POSITIVE_INT = ("an int > 0", lambda value: _is_int(value) and value > 0)
+_POSITIVE_NUMBER = ("a number > 0", lambda value: _is_number(value) and value > 0)
+_WHOLE_NUMBER = ("a whole number", lambda value: _is_number(value) and float(value).is_integer())
+_NUMBER_AT_LEAST_0 = ("a number >= 0", lambda value: _is_number(value) and value >= 0)
+_STEP_COUNT = (f"an int in 2..{NUM_TRAIN_TIMESTEPS}", lambda value: _is_int(value) and 2 <= value <= NUM_TRAIN_TIMESTEPS)
+_TEXT = ("a string", lambda value: isinstance(value, str))
+_FLAG = ("a bool", lambda value: isinstance(value, bool))
+_POSITIVE_INTS = ("a non-empty list of ints > 0",
+                  lambda value: isinstance(value, list) and value and all(_POSITIVE_INT[1](item) for item in value))
+_NETWORK_INTS = ("num_layers", "hidden_size", "num_attention_heads", "time_embed_dim", "text_hidden_size", "text_length",
+                 "in_channels", "out_channels", "patch_size", "latent_height", "latent_width", "num_frames",
+                 "time_compressed_rate")
+MODEL_VALUE_RULES = {
+    "scale_factor": _POSITIVE_NUMBER,
+    **{f"network_config.params.{key}": _POSITIVE_INT for key in _NETWORK_INTS},
+    "network_config.params.spatial_interpolation": _POSITIVE_NUMBER,
+    "network_config.params.temporal_interpolation": _POSITIVE_NUMBER,
+    "network_config.params.elementwise_affine": _FLAG,
+    "conditioner_config.params.model_dir": _TEXT,
+    "conditioner_config.params.max_length": _POSITIVE_INT,
+    "first_stage_config.ckpt_path": _TEXT,
+    **{f"first_stage_config.params.{key}": _POSITIVE_INT
+       for key in ("ch", "num_res_blocks", "z_channels", "temporal_compress_times")},
+    "first_stage_config.params.ch_mult": _POSITIVE_INTS,
+    "sampler_config.params.num_steps": _STEP_COUNT,
+    "sampler_config.params.cfg_num_steps": _STEP_COUNT,
+    "sampler_config.params.shift_scale": _POSITIVE_NUMBER,
+    "sampler_config.params.cfg_scale": _NUMBER_AT_LEAST_0,
+    # the dynamic CFG raises the negative base (num_steps - t) / num_steps to this power
+    "sampler_config.params.cfg_exp": _WHOLE_NUMBER,
+}
+TINY_T5_KEYS = ("d_model", "d_ff", "num_layers", "num_heads", "d_kv")
+
+
+def _check_model_value(model: DictConfig, key: str, rule) -> None:
+    description, accepts = rule
+    try:
+        value = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(model, key, throw_on_missing=True)}),
+                                       resolve=True)["v"]
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"cannot resolve model.{key}: {_first_line(error)}") from error
+    _require(value is not None, f"model.{key} is missing; the base configs define it (configs/cogvideox_2b.yaml)")
+    _require(accepts(value), f"model.{key} must be {description}, got {value!r} ({type(value).__name__})")
+
+
+def _require_equal(first: tuple, second: tuple, why: str) -> None:
+    (name_a, value_a), (name_b, value_b) = first, second
+    _require(value_a == value_b, f"{name_a} ({value_a}) must equal {name_b} ({value_b}): {why}")
+
+
+def validate_model(cfg: DictConfig) -> None:
+    """Check the `model` values a run uses (types, ranges) and their consistency with each other and `args`.
+
+    Raises ConfigError on the first problem, before any model is built.
+    """
+    model = cfg.model
+    rules = dict(MODEL_VALUE_RULES)
+    if "tiny_t5" in model:
+        rules.update({f"tiny_t5.{key}": _POSITIVE_INT for key in TINY_T5_KEYS})
+    for key, rule in rules.items():
+        _check_model_value(model, key, rule)
+    net = model.network_config.params
+
+    def named(key):
+        return f"model.{key}", OmegaConf.select(model, key)
+
+    for side in ("latent_height", "latent_width"):
+        _require(net[side] % net.patch_size == 0,
+                 f"model.network_config.params.{side} ({net[side]}) must be a multiple of patch_size ({net.patch_size})")
+    _require(net.hidden_size % net.num_attention_heads == 0,
+             f"model.network_config.params.hidden_size ({net.hidden_size}) must be a multiple of "
+             f"num_attention_heads ({net.num_attention_heads})")
+    _require((net.num_frames - 1) % net.time_compressed_rate == 0,
+             f"model.network_config.params.num_frames ({net.num_frames}) must be 1 + a multiple of "
+             f"time_compressed_rate ({net.time_compressed_rate})")
+    channels = "the latent noise, the DiT and the VAE share one channel count"
+    _require_equal(("args.latent_channels", cfg.args.latent_channels), named("network_config.params.in_channels"),
+                   channels)
+    _require_equal(named("network_config.params.out_channels"), named("network_config.params.in_channels"), channels)
+    _require_equal(named("first_stage_config.params.z_channels"), named("network_config.params.in_channels"), channels)
+    _require_equal(named("first_stage_config.params.temporal_compress_times"),
+                   named("network_config.params.time_compressed_rate"), "the VAE sets the temporal compression")
+    _require_equal(named("conditioner_config.params.max_length"), named("network_config.params.text_length"),
+                   "the DiT takes the T5 context as its text tokens")
+    if "tiny_t5" in model:
+        _require_equal(named("tiny_t5.d_model"), named("network_config.params.text_hidden_size"),
+                       "the DiT takes T5 features of this width")
+
+
+def check_attention_backend(name: str, device: str, dtype, head_dim: int) -> None:
+    """`args.attention_backend` names a backend that runs on `device` for this model's dtype and head size.
+
+    Tried on a tiny attention call, so the answer is torch's own, before any model work.
+    """
+    from .attention.kernels import BACKENDS  # the attention package imports this module
+
+    _require(name in BACKENDS, f"args.attention_backend must be one of {', '.join(BACKENDS)}, got '{name}'")
+    if BACKENDS[name] is None:
+        return
+    import torch
+    from torch.nn.attention import sdpa_kernel
+
+    q = torch.zeros(1, 1, 8, head_dim, dtype=dtype, device=device)
+    try:
+        with sdpa_kernel(BACKENDS[name]):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    except RuntimeError:
+        raise ConfigError(f"args.attention_backend = {name} cannot run on {device} in {str(dtype).removeprefix('torch.')} "
+                          f"with head size {head_dim}; use auto (or math)") from None
 
 
 def resolve_device(name: str) -> str:
@@ -317,18 +442,28 @@ def expand_prompts(args: Mapping) -> list[str]:
     return prompts * args["single_prompt_length"] if args["single_prompt_length"] > 0 else prompts
 
 
-def prepare_output_dir(output_dir: str, planned_files: Iterable[str]) -> list[str]:
-    """Create `output_dir`, prove it writable, and return the planned files that already exist.
+def _claim_folder(folder: str, key: str) -> None:
+    """Create `folder`, prove it writable and, inside an `OutputRun`, lock it for this run."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_probe"):
+            pass
+        if OutputRun.active is not None:
+            OutputRun.active.claim(folder)
+    except OSError as error:
+        raise ConfigError(f"{key} '{folder}' is not writable: {error.strerror}") from error
+
+
+def prepare_output_dir(output_dir: str, planned_files: Iterable[str], other_dirs: Iterable[str] = ()) -> list[str]:
+    """Create `output_dir` (and `other_dirs`, e.g. mask_save_dir), prove them writable, lock them for the run
+    (see `output_files.OutputRun`), and return the planned files that already exist.
 
     `planned_files` are paths relative to `output_dir` (params.yaml excluded: see
-    `write_resolved_config`).
+    `write_resolved_config`). A folder another run uses raises `output_files.FolderInUseError`.
     """
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_probe"):
-            pass
-    except OSError as error:
-        raise ConfigError(f"output_dir '{output_dir}' is not writable: {error.strerror}") from error
+    _claim_folder(output_dir, "output_dir")
+    for folder in other_dirs:
+        _claim_folder(folder, "args.mask_save_dir")
     planned_paths = (os.path.join(output_dir, name) for name in planned_files)
     return [path for path in planned_paths if os.path.exists(path)]
 
@@ -343,13 +478,13 @@ def write_resolved_config(cfg: DictConfig, output_dir: str) -> str:
     """Write the whole resolved config to `output_dir/params.yaml`; return that path.
 
     `output_dir` must exist (see `prepare_output_dir`). The file is a valid config file:
-    `load_config([path])` gives back an equal config.
+    `load_config([path])` gives back an equal config. Inside an `OutputRun` it takes its name after
+    the run's other outputs, when the run ends, so it always describes the files next to it.
     """
     path = os.path.join(output_dir, PARAMS_FILE)
     if os.path.exists(path):
         announce_overwrites([path])
-    OmegaConf.save(cfg, path, resolve=True)
-    return path
+    return write_text(path, OmegaConf.to_yaml(cfg, resolve=True), last=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,6 +515,10 @@ def parse_run_cli(argv: Sequence[str] | None = None) -> tuple[DictConfig, bool]:
     base_paths = [*options.base, *([TINY_MODEL_CONFIG] if options.tiny else [])]
     overrides = list(options.overrides)
     if options.prompts:
-        # JSON is valid YAML flow syntax, so each prompt survives commas, colons and quotes.
-        overrides.append(f"args.prompts={json.dumps(options.prompts)}")
+        for prompt in options.prompts:
+            _require(not _OVERRIDE_PATTERN.match(prompt),
+                     f"'{prompt}' after --prompts would be taken as a prompt; put overrides before --prompts")
+        # JSON is valid YAML flow syntax, so each prompt survives commas, colons and quotes (kept as UTF-8:
+        # YAML refuses the surrogate pairs json.dumps would write for emoji).
+        overrides.append(f"args.prompts={json.dumps(options.prompts, ensure_ascii=False)}")
     return load_config(base_paths, options.custom_config, overrides), options.tiny

@@ -7,8 +7,8 @@ so `--help` and config errors answer at once.
 import sys
 from contextlib import contextmanager
 
-from .config import (announce_overwrites, expand_prompts, parse_run_cli, prepare_output_dir, resolve_device,
-                     write_resolved_config)
+from .config import (announce_overwrites, check_attention_backend, expand_prompts, parse_run_cli, prepare_output_dir,
+                     resolve_device, validate_model, write_resolved_config)
 from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
 
 RANDOM_WEIGHTS_NOTE = ("note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, "
@@ -31,27 +31,33 @@ def token_counts(tokenize, prompts) -> list:
 
 
 def prepare_run(entry_name: str, argv=None):
-    """Parse and check a run of entry point `entry_name`, prepare its output folder and write params.yaml.
+    """Parse and check a run of entry point `entry_name`, prepare (and lock) its output folder and stage params.yaml.
 
     Returns (cfg, plan, device). With --tiny the tiny model's random weights are written on first use.
     """
     entry = ENTRY_POINTS[entry_name]
     cfg, tiny = parse_run_cli(argv)
+    validate_model(cfg)
     prompts = expand_prompts(cfg.args)
     check_run(entry, cfg, prompts)
     plan = plan_run(entry, cfg.args, prompts)
+    device = resolve_device(cfg.args.device)
+    from .pipeline import check_decode_memory, check_weights, run_dtype, weight_paths
+    network = cfg.model.network_config.params
+    check_attention_backend(cfg.args.attention_backend, device, run_dtype(cfg.args),
+                            network.hidden_size // network.num_attention_heads)
+    check_decode_memory(cfg, plan.decoded_frames, device)
     if tiny:
         from .synthetic_checkpoint import ensure_synthetic_checkpoints
         print(RANDOM_WEIGHTS_NOTE)
         ensure_synthetic_checkpoints(cfg)
-    from .pipeline import check_decode_memory, check_weights, weight_paths
     from .text_encoder import T5Tokens
     check_weights(cfg)
     tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
     check_token_indices(cfg.args, token_counts(tokens.tokenize, prompts))
-    device = resolve_device(cfg.args.device)
-    check_decode_memory(cfg, plan.decoded_frames, device)
-    announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files))
+    tokens.announce_cut_prompts(prompts)
+    mask_dirs = [cfg.args.mask_save_dir] if "KVSharingMaskGuidedAdaLNMixin" in cfg.args.adaln_mixin_names else []
+    announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files, filter(None, mask_dirs)))
     write_resolved_config(cfg, cfg.args.output_dir)
     return cfg, plan, device
 

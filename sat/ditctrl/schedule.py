@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-NUM_TRAIN_TIMESTEPS = 1000
+from .config import NUM_TRAIN_TIMESTEPS
+
 LINEAR_START = 0.00085
 LINEAR_END = 0.012
 SHIFT_SCALE = 3.0

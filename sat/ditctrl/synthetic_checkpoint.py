@@ -3,6 +3,12 @@
 They let every loader and the whole pipeline run without the real CogVideoX-2B weights
 (cogvideox.md section 1): a SAT ``transformer`` folder, ``3d-vae.pt`` and a Hugging Face T5 folder
 whose tokenizer is a real SentencePiece model trained offline on ``assets/tokenizer_corpus.txt``.
+
+The writers only ever write into their own folders: a new or empty folder, which they mark with
+``.ditctrl-synthetic``, or one that carries that mark. A folder holding anything else may be a real
+checkpoint and is refused before anything is written. Every file goes through
+``output_files.write_file`` (temporary name, then renamed), and each part's pointer file (``latest``,
+the T5 index) is written after its weights, so an interrupted writer never leaves a part that looks whole.
 """
 import dataclasses
 import io
@@ -16,9 +22,11 @@ from safetensors.torch import save_file
 
 from omegaconf import OmegaConf
 
-from ditctrl.checkpoints import DIT_FILE_NAME, DIT_PREFIX, POSITION_TABLE_KEY, T5_INDEX_NAME, MissingCheckpointError
+from ditctrl.checkpoints import (DIT_FILE_NAME, DIT_PREFIX, POSITION_TABLE_KEY, T5_INDEX_NAME, MissingCheckpointError,
+                                 check_t5_folder)
 from ditctrl.dit import DiffusionTransformer
-from ditctrl.pipeline import allocate_empty, check_weights, run_dtype, weight_paths
+from ditctrl.output_files import write_bytes, write_file, write_text
+from ditctrl.pipeline import allocate_empty, run_dtype, weight_paths
 from ditctrl.text_encoder import T5_MAX_LENGTH
 from ditctrl.vae import CogVideoXVAE
 
@@ -26,6 +34,50 @@ TOKENIZER_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ass
 SENTENCEPIECE_PIECES = 1000  # <pad>=0, </s>=1, <unk>=2, then 997 learned pieces
 T5_EXTRA_IDS = 100
 T5_SHARD_NAMES = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+SYNTHETIC_MARK = ".ditctrl-synthetic"
+PARTS = ("transformer", "vae", "t5")
+
+
+class NotSyntheticFolderError(ValueError):
+    """The writer was pointed at a folder that holds files it did not write (perhaps a real checkpoint)."""
+
+
+def claim_synthetic_folder(folder: str) -> None:
+    """Make `folder` the writer's own, or raise NotSyntheticFolderError if it holds files without the mark."""
+    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, SYNTHETIC_MARK)):
+        foreign = sorted(os.listdir(folder))
+        if foreign:
+            raise NotSyntheticFolderError(
+                f"refusing to write random weights into {folder}: it holds files the synthetic writer did not write "
+                f"({', '.join(foreign[:3])}), perhaps a real checkpoint; point the config at a new or empty folder")
+    write_text(os.path.join(folder, SYNTHETIC_MARK), "random-weight checkpoints of sat/make_synthetic_checkpoint.py\n")
+
+
+def part_folders(paths: dict) -> dict:
+    """The folder each part writes into: the transformer and T5 folders, the VAE file's folder."""
+    return {"transformer": paths["transformer"], "vae": os.path.dirname(paths["vae"]), "t5": paths["t5"]}
+
+
+def claim_part_folders(paths: dict, parts) -> None:
+    """Claim the folders of `parts` (see `claim_synthetic_folder`) before any weights are written."""
+    folders = part_folders(paths)
+    for part in parts:
+        claim_synthetic_folder(folders[part])
+
+
+def missing_parts(cfg) -> list:
+    """The parts whose checkpoint is not on disk (`latest`, the VAE file, a complete T5 folder)."""
+    paths = weight_paths(cfg)
+    present = {
+        "transformer": os.path.isfile(os.path.join(paths["transformer"], "latest")),
+        "vae": os.path.isfile(paths["vae"]),
+    }
+    try:
+        check_t5_folder(paths["t5"])
+        present["t5"] = True
+    except MissingCheckpointError:
+        present["t5"] = False
+    return [part for part in PARTS if not present[part]]
 
 
 def write_transformer_checkpoint(state_dict, folder, iteration=1000):
@@ -37,11 +89,9 @@ def write_transformer_checkpoint(state_dict, folder, iteration=1000):
     if iteration != "release" and not (isinstance(iteration, int) and iteration > 0):
         raise ValueError(f"iteration must be an integer > 0 or 'release', got {iteration!r}")
     weights = {DIT_PREFIX + key: value for key, value in state_dict.items() if key != POSITION_TABLE_KEY}
-    os.makedirs(os.path.join(folder, str(iteration)), exist_ok=True)
-    path = os.path.join(folder, str(iteration), DIT_FILE_NAME)
-    torch.save({"module": weights}, path)
-    with open(os.path.join(folder, "latest"), "w") as f:
-        f.write(str(iteration))
+    path = write_file(os.path.join(folder, str(iteration), DIT_FILE_NAME),
+                      lambda temporary: torch.save({"module": weights}, temporary))
+    write_text(os.path.join(folder, "latest"), str(iteration))
     return path
 
 
@@ -51,8 +101,7 @@ def write_vae_checkpoint(state_dict, path):
         "loss.logvar": torch.zeros(()),
         "loss.discriminator.main.0.weight": torch.zeros(64, 3, 4, 4),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({"state_dict": {**state_dict, **training_only}}, path)
+    write_file(path, lambda temporary: torch.save({"state_dict": {**state_dict, **training_only}}, temporary))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +233,7 @@ def _t5_tokenizer_files():
 
 
 def _write_json(path, content):
-    with open(path, "w") as f:
-        json.dump(content, f, indent=2)
+    write_text(path, json.dumps(content, indent=2))
 
 
 def write_t5_folder(folder, d_model, d_ff, num_layers, num_heads, d_kv, vocab_size=32128,
@@ -199,21 +247,21 @@ def write_t5_folder(folder, d_model, d_ff, num_layers, num_heads, d_kv, vocab_si
     tokenizer_size = SENTENCEPIECE_PIECES + T5_EXTRA_IDS
     if vocab_size < tokenizer_size:
         raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {tokenizer_size} ids")
-    os.makedirs(folder, exist_ok=True)
     weight_map, total_bytes = {}, 0
     tensors = random_t5_tensors(dims, seed, dtype, device)
     for shard, named in itertools.groupby(tensors, key=lambda item: _t5_shard(item[0], num_layers)):
         shard_tensors = {name: tensor.cpu() for name, tensor in named}
-        save_file(shard_tensors, os.path.join(folder, T5_SHARD_NAMES[shard]), metadata={"format": "pt"})
+        write_file(os.path.join(folder, T5_SHARD_NAMES[shard]),
+                   lambda temporary, tensors=shard_tensors: save_file(tensors, temporary, metadata={"format": "pt"}))
         weight_map.update(dict.fromkeys(shard_tensors, T5_SHARD_NAMES[shard]))
         total_bytes += sum(t.numel() * t.element_size() for t in shard_tensors.values())
         del shard_tensors  # before the next shard is generated
-    _write_json(os.path.join(folder, T5_INDEX_NAME), {"metadata": {"total_size": total_bytes}, "weight_map": weight_map})
     _write_json(os.path.join(folder, "config.json"), _t5_config(dims, dtype))
-    with open(os.path.join(folder, "spiece.model"), "wb") as f:
-        f.write(train_sentencepiece())
+    write_bytes(os.path.join(folder, "spiece.model"), train_sentencepiece())
     for name, content in _t5_tokenizer_files().items():
         _write_json(os.path.join(folder, name), content)
+    # the index names the shards: written last, it marks the folder complete (checkpoints.check_t5_folder)
+    _write_json(os.path.join(folder, T5_INDEX_NAME), {"metadata": {"total_size": total_bytes}, "weight_map": weight_map})
 
 
 @torch.no_grad()
@@ -248,31 +296,37 @@ def build_random(module_type, params: dict, device: str, dtype: torch.dtype, see
     return module
 
 
-def write_synthetic_checkpoints(cfg, device: str = "cpu", seed: int = 0) -> dict:
-    """Write the transformer, VAE and T5 of `cfg` with random weights; returns their paths."""
+def write_synthetic_checkpoints(cfg, device: str = "cpu", seed: int = 0, parts=PARTS) -> dict:
+    """Write `parts` (default all) of `cfg`'s transformer, VAE and T5 with random weights; returns their paths.
+
+    Every folder is claimed (see `claim_synthetic_folder`) before the first file is written.
+    """
     paths = weight_paths(cfg)
-    dtype = run_dtype(cfg.args)
     network = OmegaConf.to_container(cfg.model.network_config.params)
-    dit = build_random(DiffusionTransformer, {**network, "skip_init": True}, device, dtype, seed)
-    write_transformer_checkpoint({k: v.cpu() for k, v in dit.state_dict().items()}, paths["transformer"])
-    del dit
-    vae = build_random(CogVideoXVAE, OmegaConf.to_container(cfg.model.first_stage_config.params), device,
-                       torch.float32, seed + 1)
-    write_vae_checkpoint({k: v.cpu() for k, v in vae.state_dict().items()}, paths["vae"])
-    del vae
     t5 = OmegaConf.to_container(cfg.model.tiny_t5) if "tiny_t5" in cfg.model else FULL_T5
     if t5["d_model"] != network["text_hidden_size"]:
         raise ValueError(f"T5 d_model {t5['d_model']} != the DiT's text_hidden_size {network['text_hidden_size']}")
-    write_t5_folder(paths["t5"], **t5, dtype=dtype if dtype != torch.float32 else torch.float16, seed=seed + 2,
-                    device=device)
-    return paths
+    claim_part_folders(paths, parts)
+    dtype = run_dtype(cfg.args)
+    if "transformer" in parts:
+        dit = build_random(DiffusionTransformer, {**network, "skip_init": True}, device, dtype, seed)
+        write_transformer_checkpoint({k: v.cpu() for k, v in dit.state_dict().items()}, paths["transformer"])
+        del dit
+    if "vae" in parts:
+        vae = build_random(CogVideoXVAE, OmegaConf.to_container(cfg.model.first_stage_config.params), device,
+                           torch.float32, seed + 1)
+        write_vae_checkpoint({k: v.cpu() for k, v in vae.state_dict().items()}, paths["vae"])
+        del vae
+    if "t5" in parts:
+        write_t5_folder(paths["t5"], **t5, dtype=dtype if dtype != torch.float32 else torch.float16, seed=seed + 2,
+                        device=device)
+    return {part: paths[part] for part in parts}
 
 
 def ensure_synthetic_checkpoints(cfg, device: str = "cpu") -> None:
-    """Write random-weight checkpoints where `cfg` expects them, unless all three are there (then reuse)."""
-    try:
-        check_weights(cfg)
-    except MissingCheckpointError:
-        print(f"writing random-weight checkpoints to {os.path.dirname(weight_paths(cfg)['transformer'])} "
-              f"(once; later runs reuse them)")
-        write_synthetic_checkpoints(cfg, device)
+    """Write the random-weight checkpoints `cfg` expects that are missing; those on disk are reused, never rewritten."""
+    parts = missing_parts(cfg)
+    if parts:
+        print(f"writing random-weight checkpoints ({', '.join(parts)}) to "
+              f"{', '.join(part_folders(weight_paths(cfg))[part] for part in parts)} (once; later runs reuse them)")
+        write_synthetic_checkpoints(cfg, device, parts=parts)

@@ -35,6 +35,20 @@ class T5Tokens:
             padding="max_length", return_tensors="pt",
         ).input_ids
 
+    def announce_cut_prompts(self, prompts) -> list:
+        """Print a note for every distinct prompt longer than the T5 context; return their (position, token count).
+
+        A cut prompt keeps its first `max_length - 1` pieces and `</s>`.
+        """
+        distinct = list(dict.fromkeys(_as_prompt_list(prompts)))
+        counts = [len(ids) for ids in self.tokenizer(distinct).input_ids]  # untruncated, </s> included
+        cut = [(position, count) for position, count in enumerate(counts) if count > self.max_length]
+        for position, count in cut:
+            print(f"note: prompt {position} has {count} T5 tokens (with </s>) but the text context holds "
+                  f"{self.max_length}; its last {count - self.max_length} tokens are cut: "
+                  f"\"{distinct[position][:40]}...\"")
+        return cut
+
     def tokens(self, prompt):
         """(index, piece) of every non-pad token of one prompt, ``</s>`` included; index = position in the ids."""
         ids = self.tokenize(prompt)[0].tolist()

@@ -1,8 +1,8 @@
 """PNG files of the mask-guided controller's continuous masks (ditctrl.md §5.3)."""
-import os
-
 import imageio.v3 as iio
 import torch
+
+from ..output_files import write_file
 
 
 def frames_side_by_side(maps: torch.Tensor) -> torch.Tensor:
@@ -13,5 +13,4 @@ def frames_side_by_side(maps: torch.Tensor) -> torch.Tensor:
 def save_mask_frames(maps: torch.Tensor, path: str) -> None:
     """Write (frames, rows, cols) values in [0, 1] as a rows × frames·cols 3-channel uint8 PNG, round(255·v)."""
     gray = torch.round(255 * frames_side_by_side(maps.float())).to(torch.uint8).cpu()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    iio.imwrite(path, gray[..., None].expand(-1, -1, 3).numpy())
+    write_file(path, lambda temporary: iio.imwrite(temporary, gray[..., None].expand(-1, -1, 3).numpy()))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..attention_figures import TokenMaps, heatmap_figure, overview_figure, token_panels_figure
+from ..output_files import write_file
 from ..pair_batch import split_guidance
 from .control import AttentionController, ControlSchedule
 from .kernels import attention, attention_with_lse, probabilities
@@ -176,7 +177,7 @@ class AttentionVisualizer(AttentionController):
                       grid: bool = False) -> None:
         """Min-max normalise over the whole block; write `stem`.npy and `stem`.png."""
         normalised = min_max(block).numpy()
-        np.save(stem + ".npy", normalised)
+        write_file(stem + ".npy", lambda temporary: np.save(temporary, normalised))
         heatmap_figure(normalised, stem + ".png", title, axis_label, size_in, grid=grid, dpi=self.dpi)
         self.figures_written += [stem + ".npy", stem + ".png"]
 

@@ -1,0 +1,78 @@
+"""The top level of every entry script: whatever happens, the user sees one line, never a traceback.
+
+`guarded(main, *args)` runs `main` inside an `OutputRun` (so its outputs are renamed into place only
+when it finishes) and turns what escapes into one line on stderr and an exit status:
+
+* bad input already reported by the script (`SystemExit`): passed on (status 2);
+* a file that cannot be written (full disk, permissions): `error: cannot write …`, status 1;
+* Ctrl-C or SIGTERM: `interrupted: …`, status 130 / 143;
+* anything else is an internal error: one line saying so and where the full traceback was written, status 1.
+
+Imports nothing heavy, so it can wrap the entry scripts' own imports.
+"""
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+from .output_files import OutputRun, OutputWriteError
+
+INTERRUPTED_NOTE = "no output of this run was kept; earlier outputs are unchanged"
+COMMITTED_NOTE = "after this run's outputs were all written"
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM (like KeyboardInterrupt for SIGINT)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def write_internal_log(error: BaseException) -> str:
+    """Write the full traceback of `error` to a new log file in the temporary folder; return its path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    fd, path = tempfile.mkstemp(prefix=f"ditctrl-error-{stamp}-", suffix=".log")
+    with os.fdopen(fd, "w") as log:
+        log.write(f"command: {' '.join(sys.argv)}\n")
+        log.write("".join(traceback.format_exception(error)))
+    return path
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _stop(message: str, status: int):
+    print(message, file=sys.stderr)
+    sys.exit(status)
+
+
+def guarded(main, *args) -> None:
+    """Run `main(*args)` as an entry script's whole body; see the module docstring for what the user sees."""
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    run = OutputRun()
+    try:
+        with run:
+            main(*args)
+    except SystemExit:
+        raise
+    except (KeyboardInterrupt, Terminated) as stop:
+        # a signal that arrives while the outputs are renamed into place waits until they all are
+        note = COMMITTED_NOTE if run.committed else INTERRUPTED_NOTE
+        if isinstance(stop, KeyboardInterrupt):
+            _stop(f"interrupted: {note}", 130)
+        _stop(f"terminated: {note}", 143)
+    except OutputWriteError as error:
+        _stop(f"error: {error}; {INTERRUPTED_NOTE}", 1)
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line instead of a traceback
+        try:
+            where = f"full log: {write_internal_log(error)}"
+        except OSError as log_error:
+            where = f"the log could not be written ({log_error.strerror})"
+        _stop(f"error: internal error ({_one_line(error)}); {where}", 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
