@@ -25,7 +25,7 @@ def main(argv=None):
     options = parser.parse_args(argv)
     with user_errors():
         cfg = load_config([MODEL_CONFIG, *([TINY_MODEL_CONFIG] if options.tiny else [])], require_prompts=False)
-        tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
+        tokens = T5Tokens(weight_paths(cfg)["tokenizer"], cfg.model.conditioner_config.params.max_length)
     for p, prompt in enumerate(options.prompt):
         print(f"prompt {p}: {prompt}")
         for index, piece in tokens.tokens(prompt):

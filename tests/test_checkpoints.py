@@ -17,7 +17,7 @@ from ditctrl.checkpoints import (
 )
 from ditctrl.synthetic_checkpoint import write_transformer_checkpoint, write_vae_checkpoint
 
-README_HINT = "see README.md, section 'Download CogVideoX-2B weights', or run with --tiny"
+README_HINT = "see README.md, section 'Download the weights', or run with --tiny"
 
 
 def dit_like_state_dict(seed=0):
@@ -96,6 +96,11 @@ def test_missing_transformer_folder_latest_or_file_names_the_path(tmp_path):
         read_transformer_state_dict(folder)
 
     (folder / "latest").write_text("1\n")
+    with pytest.raises(ValueError, match=re.escape(f"{folder / 'latest'} names the folder '1', but {folder / '1'} "
+                                                   "does not exist")):
+        read_transformer_state_dict(folder)
+
+    (folder / "1").mkdir()
     with pytest.raises(MissingCheckpointError, match=re.escape(str(folder / "1" / "mp_rank_00_model_states.pt"))):
         read_transformer_state_dict(folder)
 

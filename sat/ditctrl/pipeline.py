@@ -1,7 +1,7 @@
 """Building the CogVideoX parts from a resolved config and running them in a memory-frugal order.
 
 T5 is built, used and released before the DiT is placed on the device; the VAE decodes in chunks.
-Relative weight paths are resolved from the `sat/` folder (where the README puts `CogVideoX-2b-sat/`).
+Where the weights are and in which layout: `weights.py` (re-exported here).
 """
 import os
 from functools import partial
@@ -11,46 +11,13 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from .attention.kernels import set_backend
-from .checkpoints import (POSITION_TABLE_KEY, MissingCheckpointError, check_t5_folder, load_state_dict_strict,
-                          read_transformer_state_dict, read_vae_state_dict)
+from .checkpoints import POSITION_TABLE_KEY, load_strict
 from .dit import DiffusionTransformer
 from .guided_denoiser import GuidedDenoiser
 from .schedule import sampling_schedule
 from .text_encoder import T5TextEncoder
 from .vae import CogVideoXVAE
-
-SAT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def weight_path(path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(SAT_DIR, path)
-
-
-def weight_paths(cfg) -> dict:
-    """Where the run's three checkpoints live (absolute paths)."""
-    return {
-        "transformer": weight_path(cfg.args.load),
-        "vae": weight_path(cfg.model.first_stage_config.ckpt_path),
-        "t5": weight_path(cfg.model.conditioner_config.params.model_dir),
-    }
-
-
-def check_weights(cfg) -> None:
-    """Raise one MissingCheckpointError naming every missing checkpoint path, before any model work."""
-    paths = weight_paths(cfg)
-    missing = []
-    latest = os.path.join(paths["transformer"], "latest")
-    if not os.path.isfile(latest):
-        missing.append(latest)
-    if not os.path.isfile(paths["vae"]):
-        missing.append(paths["vae"])
-    try:
-        check_t5_folder(paths["t5"])
-    except MissingCheckpointError as error:
-        missing.extend(error.paths)
-    if missing:
-        raise MissingCheckpointError(*missing)
-
+from .weights import check_weights, transformer_source, vae_source, weight_path, weight_paths  # noqa: F401
 
 def run_dtype(args) -> torch.dtype:
     return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
@@ -63,17 +30,18 @@ def allocate_empty(module_type, params: dict, device, dtype) -> torch.nn.Module:
     return module.to_empty(device=device)
 
 
-def build_transformer(network_params: dict, state_dict: dict, device, dtype) -> DiffusionTransformer:
-    """The DiT with the checkpoint's weights, allocated once, directly on `device` in `dtype`."""
+def build_transformer(network_params: dict, weights, device, dtype) -> DiffusionTransformer:
+    """The DiT with the checkpoint's weights (a state dict or a tensor source), allocated once on `device` in `dtype`."""
     model = allocate_empty(DiffusionTransformer, {**network_params, "skip_init": True}, device, dtype)
     model.get_mixin("pos_embed").reinit()  # the fixed table is recomputed, never read from the file
-    load_state_dict_strict(model, state_dict, "transformer", ignore={POSITION_TABLE_KEY})
+    load_strict(model, weights, "transformer", ignore={POSITION_TABLE_KEY})
     return model.eval().requires_grad_(False)
 
 
 def build_vae(cfg, device, dtype) -> CogVideoXVAE:
-    vae = allocate_empty(CogVideoXVAE, OmegaConf.to_container(cfg.model.first_stage_config.params), device, dtype)
-    load_state_dict_strict(vae, read_vae_state_dict(weight_paths(cfg)["vae"]), "VAE")
+    params = OmegaConf.to_container(cfg.model.first_stage_config.params)
+    vae = allocate_empty(CogVideoXVAE, params, device, dtype)
+    load_strict(vae, vae_source(weight_paths(cfg), params), "VAE")
     return vae.eval().requires_grad_(False)
 
 
@@ -92,7 +60,8 @@ class Pipeline:
         set_backend(cfg.args.attention_backend)
         paths = weight_paths(cfg)
         self.text_encoder = T5TextEncoder(paths["t5"], device=self.device, dtype=self.dtype,
-                                          max_length=cfg.model.conditioner_config.params.max_length)
+                                          max_length=cfg.model.conditioner_config.params.max_length,
+                                          tokenizer_folder=paths["tokenizer"])
         self.network_params = OmegaConf.to_container(cfg.model.network_config.params)
         self.dit = None
         self.vae = build_vae(cfg, "cpu" if self.offload else self.device, self.dtype)
@@ -105,8 +74,8 @@ class Pipeline:
         """(P, L, D) T5 features of the prompts; T5 is released afterwards and the DiT is loaded."""
         embeds = self.text_encoder.encode(prompts)
         self.text_encoder.release()
-        self.dit = build_transformer(self.network_params, read_transformer_state_dict(weight_paths(self.cfg)["transformer"]),
-                                     self.device, self.dtype)
+        self.dit = build_transformer(self.network_params, transformer_source(weight_paths(self.cfg)), self.device,
+                                     self.dtype)
         return embeds
 
     def guided(self) -> GuidedDenoiser:

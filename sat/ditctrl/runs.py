@@ -77,14 +77,14 @@ def start_run(argv, planned_outputs, check_prompts=None):
     """
     cfg = parse_cli(argv)
     prompts = expand_prompts(cfg.args)
-    check_model_fit(cfg)
-    plan = planned_outputs(cfg, prompts)
     if "tiny_t5" in cfg.model:
         print(RANDOM_WEIGHTS_NOTE)
         ensure_synthetic_checkpoints(cfg)  # the tiny model's weights are written on first use
-    check_weights(cfg)
+    check_weights(cfg)  # a diffusers folder's configs fix the model shape that check_model_fit uses
+    check_model_fit(cfg)
+    plan = planned_outputs(cfg, prompts)
     if check_prompts is not None:
-        tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
+        tokens = T5Tokens(weight_paths(cfg)["tokenizer"], cfg.model.conditioner_config.params.max_length)
         check_prompts(cfg.args, prompts, token_counts(tokens.tokenize, prompts))
     device = resolve_device(cfg.args.device)
     announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files))
