@@ -2,6 +2,8 @@
 
     python sat/make_synthetic_checkpoint.py --tiny                  # the CPU default (cached)
     python sat/make_synthetic_checkpoint.py --device cuda           # full-size 2B shapes, for benchmarks
+    python sat/make_synthetic_checkpoint.py --base configs/cogvideox_5b.yaml --tiny   # the tiny 5B shape
+    python sat/make_synthetic_checkpoint.py --tiny --layout diffusers --output sat/CogVideoX-tiny-diffusers
 
 Paths come from the same configs the samplers read (`args.load`, the VAE `ckpt_path`, the T5
 `model_dir`), so the samplers then load these files through their real loading code. Existing
@@ -15,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ditctrl.checkpoints import MissingCheckpointError  # noqa: E402
-from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config  # noqa: E402
+from ditctrl.config import MODEL_CONFIG, load_config, tiny_config_for  # noqa: E402
 from ditctrl.pipeline import check_weights, weight_paths  # noqa: E402
 from ditctrl.synthetic_checkpoint import write_synthetic_checkpoints  # noqa: E402
 
@@ -27,8 +29,13 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="where the random weights are generated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
+    parser.add_argument("--layout", choices=("sat", "diffusers"), default="sat",
+                        help="SAT files at the config's paths, or one diffusers folder (args.load or --output)")
+    parser.add_argument("--output", help="the folder to write instead of args.load (run with args.load=<it>)")
     options = parser.parse_args(argv)
-    cfg = load_config([*options.base, *([TINY_MODEL_CONFIG] if options.tiny else [])], require_prompts=False)
+    cfg = load_config([*options.base, *([tiny_config_for(options.base)] if options.tiny else [])],
+                      overrides=[f"args.load={os.path.abspath(options.output)}"] if options.output else [],
+                      require_prompts=False)
     if not options.force:
         try:
             check_weights(cfg)
@@ -36,7 +43,7 @@ def main(argv=None):
             return
         except MissingCheckpointError:
             pass
-    for name, path in write_synthetic_checkpoints(cfg, options.device, options.seed).items():
+    for name, path in write_synthetic_checkpoints(cfg, options.device, options.seed, options.layout).items():
         print(f"wrote random-weight {name}: {path}")
 
 

@@ -189,3 +189,30 @@ def test_folder_of_neither_layout_is_refused(layouts, tmp_path):
     cfg = tiny_config(tmp_path / "weights", layouts[0] / "sat")
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'weights'} is neither a diffusers folder")):
         check_weights(cfg)
+
+
+def test_writer_writes_a_5b_diffusers_folder_that_diffusers_and_the_sat_layout_agree_on(tmp_path):
+    """Our writer's diffusers folder: diffusers loads it as the same weights; our two layouts load the same DiT."""
+    base = [os.path.join(os.path.dirname(MODEL_CONFIG), name) for name in ("cogvideox_5b.yaml", "cogvideox_5b_tiny.yaml")]
+    overrides = [f"model.first_stage_config.ckpt_path={tmp_path}/sat/vae/3d-vae.pt",
+                 f"model.conditioner_config.params.model_dir={tmp_path}/sat/t5"]
+    hf_cfg = load_config(base, overrides=[f"args.load={tmp_path}/hf", *overrides], require_prompts=False)
+    sat_cfg = load_config(base, overrides=[f"args.load={tmp_path}/sat/transformer", *overrides], require_prompts=False)
+    write_synthetic_checkpoints(hf_cfg, layout="diffusers", max_shard_bytes=200_000)
+    write_synthetic_checkpoints(sat_cfg)
+    declared = OmegaConf.to_container(hf_cfg.model)
+
+    assert check_weights(hf_cfg)["layout"] == "diffusers"
+    assert OmegaConf.to_container(hf_cfg.model) == declared  # the folder's configs say what the config says
+    assert len(list((tmp_path / "hf" / "transformer").glob("*.safetensors"))) > 1
+    sat = read_transformer_state_dict(tmp_path / "sat" / "transformer")
+    transformer = CogVideoXTransformer3DModel.from_pretrained(tmp_path / "hf" / "transformer")
+    assert transformer.config.use_rotary_positional_embeddings and transformer.config.num_layers == 42
+    reference = sat_to_diffusers(sat, hf_cfg.model.network_config.params.hidden_size)
+    assert all(torch.equal(value, reference[key]) for key, value in transformer.state_dict().items())
+    vae = AutoencoderKLCogVideoX.from_pretrained(tmp_path / "hf" / "vae")
+    assert vae.config.scaling_factor == 0.7
+    vae_params = hf_cfg.model.first_stage_config.params
+    want = diffusers_vae_from_sat(read_vae_state_dict(tmp_path / "sat" / "vae" / "3d-vae.pt"), vae_params.ch,
+                                  vae_params.ch_mult, vae_params.num_res_blocks).state_dict()
+    assert all(torch.equal(value, want[key]) for key, value in vae.state_dict().items())

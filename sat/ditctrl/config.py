@@ -1,7 +1,8 @@
 """Run configuration: merge YAML files and overrides, check every `args` key, prepare the output folder.
 
 Merge order, lowest first: ``configs/inference.yaml`` (the default of every `args` key), each
-``--base`` file, the ``--custom-config`` case file, then ``key=value`` overrides. Mappings merge
+``--base`` file (a model config may set its own `args` defaults), the tiny overlay with ``--tiny``,
+the ``--custom-config`` case file, then ``key=value`` overrides. Mappings merge
 deeply; lists and scalars replace. The set of `args` keys and each key's type come from
 inference.yaml; only keys whose default does not show their type are declared here.
 """
@@ -194,7 +195,8 @@ def load_config(base_paths: Sequence[str], custom_path: str | None = None, overr
     The result has the sections `model` and `args`; `args` holds every schema key. Tools that only
     need the model (e.g. the synthetic-checkpoint writer) pass `require_prompts=False`.
     """
-    paths = [INFERENCE_CONFIG, *base_paths]
+    # inference.yaml is read first; naming it again in --base does not re-apply it over the model config's args.
+    paths = [INFERENCE_CONFIG, *(p for p in base_paths if os.path.realpath(p) != os.path.realpath(INFERENCE_CONFIG))]
     sources = [_split_source(_read_yaml(path), path) for path in paths]
     base_model = OmegaConf.merge(*(model for model, _ in sources))
     overriding = [(_read_yaml(custom_path), custom_path)] if custom_path is not None else []
@@ -345,6 +347,13 @@ def write_resolved_config(cfg: DictConfig, output_dir: str) -> str:
     return path
 
 
+def tiny_config_for(base_paths: Sequence[str]) -> str:
+    """The tiny overlay of the model the base files describe (their `model.tiny_config`, in configs/)."""
+    names = [_read_yaml(path).get("model", {}).get("tiny_config") for path in base_paths]
+    names = [name for name in names if name]
+    return os.path.join(CONFIG_DIR, names[-1]) if names else TINY_MODEL_CONFIG
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="DiTCtrl run configuration.",
@@ -355,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="base config files, merged left to right over configs/inference.yaml")
     parser.add_argument("--custom-config", metavar="CASE_YAML", help="case file merged over the base files")
     parser.add_argument("--tiny", action="store_true",
-                        help="append the tiny model config and its overrides to the base files (smoke runs)")
+                        help="append the model's tiny config (its model.tiny_config) to the base files (smoke runs)")
     parser.add_argument("--prompts", nargs="+", metavar="PROMPT",
                         help="prompts, one argument each; replace args.prompts")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, applied last")
@@ -365,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_cli(argv: Sequence[str] | None = None) -> DictConfig:
     """Parse the command line and return the resolved, checked config."""
     options = build_parser().parse_args(argv)
-    base_paths = [*options.base, *([TINY_MODEL_CONFIG] if options.tiny else [])]
+    base_paths = [*options.base, *([tiny_config_for(options.base)] if options.tiny else [])]
     overrides = list(options.overrides)
     if options.prompts:
         # JSON is valid YAML flow syntax, so each prompt survives commas, colons and quotes.
