@@ -1,11 +1,17 @@
-"""CogVideoX-5B selection and a tiny 5B-shaped run through an entry script with every multi-prompt controller."""
+"""CogVideoX-5B: config selection, FLOPs, and a tiny 5B-shaped mask-guided run through an entry script."""
 import os
 
 import imageio.v3 as iio
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+import benchmark
 import sample_video
+from ditctrl.attention.kernels import set_backend
 from ditctrl.config import CONFIG_DIR, INFERENCE_CONFIG, load_config, tiny_config_for
+from ditctrl.flops import DiTSize, forward_flops
+from tiny_models import SMALL_DIT, small_dit
 
 REPO = os.path.dirname(CONFIG_DIR)
 MODEL_5B = os.path.join(CONFIG_DIR, "cogvideox_5b.yaml")
@@ -43,3 +49,24 @@ def test_tiny_5b_mask_guided_multi_prompt_run(tmp_path, monkeypatch):
     assert iio.imread(tmp_path / "MultiPrompt_frames65.mp4").shape == (65, 32, 48, 3)
     assert sorted(p.name for p in (tmp_path / "attn_map" / "segment0").glob("mask_s_*")) == [
         f"mask_s_step{step}_layer{layer}_all_frames.png" for step in (0, 1) for layer in range(35, 42)]
+
+
+def test_5b_forward_flops_equal_the_hand_count_and_torch_flop_counter():
+    size = DiTSize.from_network_params(load_config([MODEL_5B], require_prompts=False).model.network_config.params)
+    n, d = 226 + 13 * 30 * 45, 3072
+    by_hand = 42 * (2 * n * 12 * d * d + 4 * n * n * d)  # per layer: QKV, output, MLP; QKᵀ and PV
+    assert forward_flops(size, 13) == pytest.approx(by_hand, rel=1e-4)  # + embeddings, adaLN, final layer
+    assert forward_flops(size, 13) / 1e12 == pytest.approx(332.2, abs=0.05)
+    assert benchmark.full_size_flops()[0]["5b"]["tflop_per_forward"] == pytest.approx(4 * 332.2, abs=0.2)
+
+    small = {**SMALL_DIT, "rotary_position_embedding": True}
+    model = small_dit(**small)
+    latents = torch.randn(2, 3, 16, small["latent_height"], small["latent_width"])
+    context = torch.randn(2, small["text_length"], small["text_hidden_size"])
+    set_backend("math")  # the counter sees the math kernel's matmuls
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(latents, torch.tensor([999.0, 500.0]), context)
+    finally:
+        set_backend("auto")
+    assert counter.get_total_flops() == forward_flops(DiTSize.from_network_params(small), 3, 2)
