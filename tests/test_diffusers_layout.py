@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from transformers import T5EncoderModel, T5Tokenizer
 
+import sample_video
 from diffusers_transformer_reference import sat_to_diffusers
 from diffusers_vae_reference import diffusers_vae_from_sat
 from ditctrl.attention import build_controller
@@ -33,6 +34,7 @@ def tiny_config(load, sat_folder):
         f"args.load={load}", f"model.first_stage_config.ckpt_path={sat_folder}/vae/3d-vae.pt",
         f"model.conditioner_config.params.model_dir={sat_folder}/t5-v1_1-xxl",
         f"model.sampler_config.params.num_steps={STEPS}", "args.start_step=1", "args.start_layer=20",
+        "args.sampling_num_frames=5", "args.overlap_size=2",
     ], require_prompts=False)
 
 
@@ -216,3 +218,16 @@ def test_writer_writes_a_5b_diffusers_folder_that_diffusers_and_the_sat_layout_a
     want = diffusers_vae_from_sat(read_vae_state_dict(tmp_path / "sat" / "vae" / "3d-vae.pt"), vae_params.ch,
                                   vae_params.ch_mult, vae_params.num_res_blocks).state_dict()
     assert all(torch.equal(value, want[key]) for key, value in vae.state_dict().items())
+
+
+def test_entry_script_refuses_an_image_to_video_folder_before_model_work(layouts, tmp_path, capsys):
+    folder, _ = broken_copy(layouts, tmp_path)
+    edit_json(folder / "transformer" / "config.json", in_channels=32)
+    with pytest.raises(SystemExit) as stop:
+        sample_video.main(["--base", MODEL_CONFIG, "--prompts", "a cat", "--", f"args.load={folder}",
+                           f"args.output_dir={tmp_path / 'out'}"])
+    assert stop.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"error: {folder / 'transformer' / 'config.json'}: "
+                                                     "an image-to-video checkpoint")
+    assert not (tmp_path / "out").exists()

@@ -204,7 +204,7 @@ class SafetensorsSource:
             self.files.update({name: (shape, path) for name, shape in safetensors_shapes(path).items()})
         for name, shard in (weight_map or {}).items():
             path = os.path.join(folder, shard)
-            if self.files.get(name, (None, path))[1] != path:
+            if name not in self.files or self.files[name][1] != path:
                 raise ValueError(f"{index_path} puts {name} in {shard}, but that file does not hold it")
         self._open = {}
 
@@ -228,7 +228,7 @@ def _listed(entries, count=5):
 
 
 def _where(files):
-    files = sorted({file for file in files if file})
+    files = sorted({str(file) for file in files if file})
     return f" in {', '.join(files)}" if files else ""
 
 
