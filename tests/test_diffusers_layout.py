@@ -34,7 +34,7 @@ def tiny_config(load, sat_folder):
         f"args.load={load}", f"model.first_stage_config.ckpt_path={sat_folder}/vae/3d-vae.pt",
         f"model.conditioner_config.params.model_dir={sat_folder}/t5-v1_1-xxl",
         f"model.sampler_config.params.num_steps={STEPS}", "args.start_step=1", "args.start_layer=20",
-        "args.sampling_num_frames=5", "args.overlap_size=2",
+        "args.sampling_num_frames=5", "args.overlap_size=3",
     ], require_prompts=False)
 
 
