@@ -1,5 +1,6 @@
 """CogVideoX-5B: config selection, FLOPs, and a tiny 5B-shaped mask-guided run through an entry script."""
 import os
+import subprocess
 
 import imageio.v3 as iio
 import pytest
@@ -70,3 +71,10 @@ def test_5b_forward_flops_equal_the_hand_count_and_torch_flop_counter():
     finally:
         set_backend("auto")
     assert counter.get_total_flops() == forward_flops(DiTSize.from_network_params(small), 3, 2)
+
+
+def test_run_script_refuses_an_unknown_model():
+    result = subprocess.run(["bash", "run_multi_prompt.sh", "--model", "7b", "--tiny"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: unknown model '7b' (--model); choices: 2b, 5b"
