@@ -275,7 +275,7 @@ def test_index_naming_a_tensor_its_shard_lacks_is_named(tmp_path):
     save_file({"a": torch.zeros(2)}, tmp_path / "m-1.safetensors")
     (tmp_path / "m.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "m-1.safetensors",
                                                                                   "b": "m-1.safetensors"}}))
-    with pytest.raises(ValueError, match=re.escape(f"m.safetensors.index.json puts b in m-1.safetensors, but that "
+    with pytest.raises(ValueError, match=re.escape("m.safetensors.index.json puts b in m-1.safetensors, but that "
                                                    "file does not hold it")):
         SafetensorsSource(tmp_path, "m.safetensors")
 

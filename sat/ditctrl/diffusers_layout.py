@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoints import MissingCheckpointError, SafetensorsSource, _read_json, check_shapes
+from .checkpoints import MissingCheckpointError, SafetensorsSource, _read_json
 
 MODEL_INDEX = "model_index.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"

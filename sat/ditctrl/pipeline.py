@@ -3,7 +3,6 @@
 T5 is built, used and released before the DiT is placed on the device; the VAE decodes in chunks.
 Where the weights are and in which layout: `weights.py` (re-exported here).
 """
-import os
 from functools import partial
 
 import torch
