@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Attention reweight editing.
-#   bash run_reweight_video.sh [CASE.yaml] [--tiny] [key=value ...]
-# Without --tiny it needs the CogVideoX-2B weights (README.md, "Download CogVideoX-2B weights").
+#   bash run_reweight_video.sh [CASE.yaml] [--model 2b|5b] [--tiny] [key=value ...]
+# Without --tiny it needs the CogVideoX weights (README.md, "Download the weights").
 set -euo pipefail
 cd "$(dirname "$0")"
 source sat/run_case.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Single-prompt long video (one prompt repeated, DiTCtrl).
-#   bash run_single_prompt.sh [CASE.yaml] [--tiny] [key=value ...]
-# Without --tiny it needs the CogVideoX-2B weights (README.md, "Download CogVideoX-2B weights").
+#   bash run_single_prompt.sh [CASE.yaml] [--model 2b|5b] [--tiny] [key=value ...]
+# Without --tiny it needs the CogVideoX weights (README.md, "Download the weights").
 set -euo pipefail
 cd "$(dirname "$0")"
 source sat/run_case.sh

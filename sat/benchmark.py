@@ -3,6 +3,7 @@
     python sat/benchmark.py                         # CogVideoX-2B size on CUDA, fp16, 50 steps
     python sat/benchmark.py --steps 5 --repeats 3   # quicker: 50-step totals are extrapolated (and say so)
     python sat/benchmark.py --tiny                  # the tiny CPU config (the default without CUDA)
+    python sat/benchmark.py --model 5b              # CogVideoX-5B size on CUDA, bf16
 
 Sections (each can be left out with --skip):
   forward      one DiT forward at batch 4 (13 latent frames, full latent grid and text length) with
@@ -12,6 +13,7 @@ Sections (each can be left out with --skip):
                the shared per-window work: seconds per step, row-layer evaluations and FLOPs;
   single_clip  one 49-frame clip (batch 2 per forward): seconds per step;
   memory       peak memory of the pipeline's phases: T5 encode (then DiT load), sampling, VAE decode.
+Every run also prints the full-size FLOPs of one batch-4 forward of CogVideoX-2B and -5B (no timing).
 The synthetic checkpoints are written on first use and reused. Prints a short table and writes
 everything, with the settings, as JSON to --out. Random weights make noise videos, but every kernel
 runs at the real model's shapes.
@@ -45,7 +47,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, MaskGuidedKVSharing  # noqa: E402
 from ditctrl.attention.kernels import BACKENDS, available_backends, set_backend  # noqa: E402
 from ditctrl.checkpoints import DIT_FILE_NAME, read_latest_iteration, read_transformer_state_dict  # noqa: E402
-from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, resolve_device  # noqa: E402
+from ditctrl.config import CONFIG_DIR, load_config, resolve_device, tiny_config_for  # noqa: E402
 from ditctrl.dit import DiffusionTransformer  # noqa: E402
 from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
@@ -62,7 +64,26 @@ REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROSE_CASE = os.path.join(REPO_DIR, "inference_case_configs", "multi_prompts", "rose.yaml")
 SECTIONS = ("forward", "rose", "single_clip", "memory")
 FULL_STEPS = 50  # the sampler's step count in every shipped config
-FULL_CHECKPOINT_DIR = "CogVideoX-2b-synthetic"  # resolved from sat/, like the real CogVideoX-2b-sat/
+FULL_CHECKPOINT_DIR = "CogVideoX-{model}-synthetic"  # resolved from sat/, like the real CogVideoX-2b-sat/
+MODELS = ("2b", "5b")
+
+
+def model_config(model: str) -> str:
+    return os.path.join(CONFIG_DIR, f"cogvideox_{model}.yaml")
+
+
+def full_size_flops() -> tuple[dict, list]:
+    """FLOPs of one batch-4, 13-latent-frame forward of each full-size model (matrix products only)."""
+    results, lines = {}, []
+    for model in MODELS:
+        size = DiTSize.from_network_params(load_config([model_config(model)], require_prompts=False)
+                                           .model.network_config.params)
+        tflop = forward_flops(size, 13, FORWARD_BATCH) / 1e12
+        results[model] = {"tflop_per_forward": tflop, "layers": size.num_layers, "hidden_size": size.hidden_size,
+                          "tokens": size.sequence_length(13), "batch": FORWARD_BATCH}
+        lines.append(f"flops    CogVideoX-{model.upper()} batch-{FORWARD_BATCH} forward, {size.num_layers} layers x "
+                     f"{size.hidden_size}, {size.sequence_length(13)} tokens: {tflop:.1f} TFLOP")
+    return results, lines
 FORWARD_BATCH = 4  # (u_source, u_target, c_source, c_target)
 MAX_BATCH_WINDOWS = 2
 TIME_TARGET, MEMORY_TARGET = 1.3, 1.2  # mask-guided / KV-sharing forward
@@ -504,11 +525,12 @@ def parse_options(argv):
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--tiny", dest="tiny", action="store_true", default=None,
                       help="the tiny model (configs/cogvideox_tiny.yaml); the default without CUDA")
-    size.add_argument("--full", dest="tiny", action="store_false", help="CogVideoX-2B size; the default on CUDA")
+    size.add_argument("--full", dest="tiny", action="store_false", help="the model's full size; the default on CUDA")
+    parser.add_argument("--model", choices=MODELS, default="2b", help="CogVideoX-2B or -5B (with --tiny: its tiny shape)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:<index>")
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--checkpoint-dir", help="where the synthetic checkpoints are written once and reused "
-                        f"(default: sat/{FULL_CHECKPOINT_DIR} at full size, the tiny config's folder with --tiny)")
+                        f"(default: sat/{FULL_CHECKPOINT_DIR.format(model='<model>')} at full size, the tiny config's folder with --tiny)")
     parser.add_argument("--steps", type=int, default=FULL_STEPS,
                         help="sampling steps to time; with fewer than 50 the 50-step totals are extrapolated")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per controller (after one warm-up)")
@@ -535,7 +557,7 @@ def parse_options(argv):
         options.tiny = not on_cuda and not options.load_check
     if not options.tiny and not on_cuda and not options.load_check:
         parser.error("--full needs a CUDA device (a full-size CPU run would take many hours); use --tiny")
-    options.dtype = options.dtype or ("fp16" if on_cuda else "fp32")
+    options.dtype = options.dtype or (("bf16" if options.model == "5b" else "fp16") if on_cuda else "fp32")
     return options
 
 
@@ -547,12 +569,14 @@ def benchmark_config(options):
     if options.checkpoint_dir is not None:
         folder = os.path.abspath(options.checkpoint_dir)
     else:
-        folder = None if options.tiny else FULL_CHECKPOINT_DIR  # None: the tiny config's own folder
+        # None: the tiny config's own folder
+        folder = None if options.tiny else FULL_CHECKPOINT_DIR.format(model=options.model)
     if folder is not None:
         overrides += [f"args.load={os.path.join(folder, 'transformer')}",
                       f"model.first_stage_config.ckpt_path={os.path.join(folder, 'vae', '3d-vae.pt')}",
                       f"model.conditioner_config.params.model_dir={os.path.join(folder, 't5-v1_1-xxl')}"]
-    base = [MODEL_CONFIG, *([TINY_MODEL_CONFIG] if options.tiny else [])]
+    base = [model_config(options.model)]
+    base += [tiny_config_for(base)] if options.tiny else []
     return load_config(base, ROSE_CASE, overrides)
 
 
@@ -575,8 +599,8 @@ def main(argv=None) -> dict:
         "size": "tiny" if options.tiny else "full", "device": device_name(options.device), "dtype": options.dtype,
         "steps": options.steps, "repeats": options.repeats, "torch": torch.__version__,
         "attention_backend": cfg.args.attention_backend, "weights": "synthetic (random)",
-        "checkpoint_dir": os.path.dirname(weight_paths(cfg)["transformer"])}}
-    lines = []
+        "checkpoint_dir": os.path.dirname(weight_paths(cfg)["transformer"]), "model": options.model}}
+    results["full_size_flops"], lines = full_size_flops()
     with torch.no_grad():
         bench = Benchmark(cfg, options.device, options.repeats)
         for section in SECTIONS:

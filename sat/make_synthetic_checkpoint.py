@@ -2,6 +2,8 @@
 
     python sat/make_synthetic_checkpoint.py --tiny                  # the CPU default (cached)
     python sat/make_synthetic_checkpoint.py --device cuda           # full-size 2B shapes, for benchmarks
+    python sat/make_synthetic_checkpoint.py --base configs/cogvideox_5b.yaml --tiny   # the tiny 5B shape
+    python sat/make_synthetic_checkpoint.py --tiny --layout diffusers --output sat/CogVideoX-tiny-diffusers
 
 Paths come from the same configs the samplers read (`args.load`, the VAE `ckpt_path`, the T5
 `model_dir`), so the samplers then load these files through their real loading code. Existing
@@ -16,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, validate_model  # noqa: E402
+from ditctrl.config import MODEL_CONFIG, load_config, tiny_config_for, validate_model  # noqa: E402
 from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.pipeline import weight_paths  # noqa: E402
 from ditctrl.runs import user_errors  # noqa: E402
@@ -30,16 +32,21 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="where the random weights are generated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
+    parser.add_argument("--layout", choices=("sat", "diffusers"), default="sat",
+                        help="SAT files at the config's paths, or one diffusers folder (args.load or --output)")
+    parser.add_argument("--output", help="the folder to write instead of args.load (run with args.load=<it>)")
     options = parser.parse_args(argv)
     with user_errors():
-        cfg = load_config([*options.base, *([TINY_MODEL_CONFIG] if options.tiny else [])], require_prompts=False)
+        cfg = load_config([*options.base, *([tiny_config_for(options.base)] if options.tiny else [])],
+                          overrides=[f"args.load={os.path.abspath(options.output)}"] if options.output else [],
+                          require_prompts=False)
         validate_model(cfg)
         parts = PARTS if options.force else missing_parts(cfg)
-        claim_part_folders(weight_paths(cfg), parts)
+        claim_part_folders(weight_paths(cfg, options.layout), parts)
     if not parts:
         print(f"synthetic checkpoints already present: {weight_paths(cfg)}")
         return
-    for name, path in write_synthetic_checkpoints(cfg, options.device, options.seed, parts).items():
+    for name, path in write_synthetic_checkpoints(cfg, options.device, options.seed, parts, options.layout).items():
         print(f"wrote random-weight {name}: {path}")
 
 

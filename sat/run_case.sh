@@ -1,6 +1,6 @@
 # Shared body of the top-level run_*.sh scripts (sourced, not run, right after they cd to the repository root).
 # Usage from a run script:  run_case <entry script in sat/> <default case file> "$@"
-# Arguments: [CASE_FILE] [--tiny] [key=value overrides, e.g. args.seed=7] [--prompts P1 P2 ...]
+# Arguments: [CASE_FILE] [--model 2b|5b] [--tiny] [key=value overrides, e.g. args.seed=7] [--prompts P1 P2 ...]
 # CASE_FILE is any argument that is neither an option nor key=value (any name, not only *.yaml); a relative
 # path is taken from the caller's folder when it exists there, else from the repository root.
 # Everything after --prompts is a prompt (the entry script refuses a key=value there, with a hint).
@@ -8,9 +8,11 @@ run_case() {
     local script=$1 case_file=$2
     shift 2
     local caller_dir=${OLDPWD:-$PWD}  # set by the run script's cd
-    local tiny="" overrides=() rest=()
+    local tiny="" overrides=() rest=() model=2b
     while [ $# -gt 0 ]; do
         case "$1" in
+            --model) model=${2:-}; shift ;;
+            --model=*) model=${1#--model=} ;;
             --tiny) tiny="--tiny" ;;
             --prompts|--) rest=("$@"); break ;;
             -*) overrides+=("$1") ;;
@@ -19,6 +21,10 @@ run_case() {
         esac
         shift
     done
+    if [ ! -f "configs/cogvideox_${model}.yaml" ]; then
+        echo "error: unknown model '${model}' (--model); choices: 2b, 5b" >&2
+        return 2
+    fi
     if [[ "$case_file" != /* && -e "$caller_dir/$case_file" ]]; then
         case_file="$caller_dir/$case_file"
     fi
@@ -26,7 +32,7 @@ run_case() {
     # Short OpenMP spin-waits: CPU runs stay fast when other processes share the cores (measured on 2 cores:
     # a tiny forward takes 4.1 s with libgomp's default spinning next to a second job, 0.1 s with this).
     export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-1000}"
-    local cmd=(python "sat/$script" --base configs/cogvideox_2b.yaml configs/inference.yaml
+    local cmd=(python "sat/$script" --base "configs/cogvideox_${model}.yaml" configs/inference.yaml
                --custom-config "$case_file" ${tiny:+"$tiny"} "${overrides[@]}" "${rest[@]}")
     echo "${cmd[*]}"
     "${cmd[@]}"

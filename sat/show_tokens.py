@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config  # noqa: E402
+from ditctrl.config import MODEL_CONFIG, load_config, tiny_config_for  # noqa: E402
 from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.runs import user_errors  # noqa: E402
 
@@ -20,13 +20,15 @@ from ditctrl.runs import user_errors  # noqa: E402
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompt", required=True, nargs="+", help="one or more prompts")
+    parser.add_argument("--base", nargs="+", default=[MODEL_CONFIG], help="model config (e.g. configs/cogvideox_5b.yaml)")
     parser.add_argument("--tiny", action="store_true", help="the tiny synthetic tokenizer instead of the real T5's")
     options = parser.parse_args(argv)
     with user_errors():
-        cfg = load_config([MODEL_CONFIG, *([TINY_MODEL_CONFIG] if options.tiny else [])], require_prompts=False)
+        base = [*options.base, *([tiny_config_for(options.base)] if options.tiny else [])]
+        cfg = load_config(base, require_prompts=False)
         from ditctrl.pipeline import weight_paths  # after the arguments: --help answers without torch
         from ditctrl.text_encoder import T5Tokens
-        tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
+        tokens = T5Tokens(weight_paths(cfg)["tokenizer"], cfg.model.conditioner_config.params.max_length)
     for p, prompt in enumerate(options.prompt):
         print(f"prompt {p}: {prompt}")
         for index, piece in tokens.tokens(prompt):

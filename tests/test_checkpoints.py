@@ -1,23 +1,27 @@
 """Checkpoint readers against files written in the released layouts (cogvideox.md 1.2-1.5)."""
 import argparse
+import json
 import os
 import re
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ditctrl.checkpoints import (
     AUXILIARY_DIT_KEYS,
     POSITION_TABLE_KEY,
     MissingCheckpointError,
+    SafetensorsSource,
     load_state_dict_strict,
+    load_strict,
     read_transformer_state_dict,
     read_vae_state_dict,
 )
 from ditctrl.synthetic_checkpoint import write_transformer_checkpoint, write_vae_checkpoint
 
-README_HINT = "see README.md, section 'Download CogVideoX-2B weights', or run with --tiny"
+README_HINT = "see README.md, section 'Download the weights', or run with --tiny"
 
 
 def dit_like_state_dict(seed=0):
@@ -96,6 +100,11 @@ def test_missing_transformer_folder_latest_or_file_names_the_path(tmp_path):
         read_transformer_state_dict(folder)
 
     (folder / "latest").write_text("1\n")
+    with pytest.raises(ValueError, match=re.escape(f"{folder / 'latest'} names the folder '1', but {folder / '1'} "
+                                                   "does not exist")):
+        read_transformer_state_dict(folder)
+
+    (folder / "1").mkdir()
     with pytest.raises(MissingCheckpointError, match=re.escape(str(folder / "1" / "mp_rank_00_model_states.pt"))):
         read_transformer_state_dict(folder)
 
@@ -229,3 +238,59 @@ def test_strict_load_lists_at_most_five_offenders_and_the_counts():
     assert "1 missing keys (proj.bias)" in message
     assert "7 unexpected keys (extra.0, extra.1, extra.2, extra.3, extra.4)" in message
     assert "extra.5" not in message
+
+
+def truncate(path, keep=0.5):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("keep, problem", [(0.0, "empty file (0 bytes)"),
+                                           (0.5, "not a complete torch checkpoint archive")])
+def test_empty_or_truncated_pt_is_one_error_naming_it(tmp_path, keep, problem):
+    transformer = write_transformer_checkpoint(dit_like_state_dict(), tmp_path / "transformer")
+    vae = tmp_path / "vae" / "3d-vae.pt"
+    write_vae_checkpoint({"encoder.conv_in.conv.weight": torch.zeros(2)}, vae)
+    for path, read in ((transformer, lambda: read_transformer_state_dict(tmp_path / "transformer")),
+                       (vae, lambda: read_vae_state_dict(vae))):
+        truncate(path, keep)
+        with pytest.raises(ValueError, match=re.escape(f"{path}: {problem}")):
+            read()
+
+
+@pytest.mark.parametrize("keep, problem", [(0.0, "empty file (0 bytes)"), (0.5, "unreadable safetensors file"),
+                                           (None, "unreadable safetensors file")])
+def test_empty_truncated_or_lfs_pointer_shard_is_one_error_naming_it(tmp_path, keep, problem):
+    path = tmp_path / "model.safetensors"
+    save_file({"a": torch.zeros(50, 50)}, path)
+    if keep is None:
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 10000\n")
+    else:
+        truncate(path, keep)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {problem}")):
+        SafetensorsSource(tmp_path, "model.safetensors")
+
+
+def test_index_naming_a_tensor_its_shard_lacks_is_named(tmp_path):
+    save_file({"a": torch.zeros(2)}, tmp_path / "m-1.safetensors")
+    (tmp_path / "m.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "m-1.safetensors",
+                                                                                  "b": "m-1.safetensors"}}))
+    with pytest.raises(ValueError, match=re.escape("m.safetensors.index.json puts b in m-1.safetensors, but that "
+                                                   "file does not hold it")):
+        SafetensorsSource(tmp_path, "m.safetensors")
+
+
+def test_missing_tensor_and_wrong_shape_name_the_file(tmp_path):
+    save_file({"proj.weight": torch.zeros(3, 5), "table": torch.zeros(1, 5, 3)}, tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match=re.escape("tiny checkpoint does not fit the model: 1 missing keys (proj.bias) "
+                                                   f"in {tmp_path}; 1 shape mismatches, file vs model (proj.weight "
+                                                   f"(3, 5) vs (3, 4)) in {tmp_path / 'w.safetensors'}")):
+        load_strict(TinyNet(), SafetensorsSource(tmp_path, "w.safetensors"), "tiny")
+
+
+def test_safetensors_load_reads_into_the_module_dtype(tmp_path):
+    weights = tiny_net_weights()
+    save_file(weights, tmp_path / "w.safetensors")
+    net = TinyNet().to(torch.bfloat16)
+    load_strict(net, SafetensorsSource(tmp_path, "w.safetensors"), "tiny")
+    assert all(torch.equal(value, weights[key].to(torch.bfloat16)) for key, value in net.state_dict().items())

@@ -2,6 +2,7 @@
 import torch
 import pytest
 from diffusers import CogVideoXTransformer3DModel
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
 from ditctrl.dit import DiffusionTransformer, timestep_embedding
 from ditctrl.position_embedding import sincos_3d
@@ -70,3 +71,48 @@ def test_full_size_state_dict_layout():
 def test_sat_package_not_shadowed():
     import sat.model.base_model as base_model
     assert "site-packages" in base_model.__file__ or "dist-packages" in base_model.__file__
+
+
+@pytest.fixture(scope="module")
+def rotary_models():
+    """The 5B-shaped DiT (3-D rotary position embedding) at test size, and diffusers' on the same weights."""
+    ours = DiffusionTransformer(**SMALL, rotary_position_embedding=True)
+    randomize_module(ours, seed=5)
+    ref = CogVideoXTransformer3DModel(
+        num_attention_heads=4, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=128,
+        text_embed_dim=64, num_layers=2, sample_width=12, sample_height=8, sample_frames=9, patch_size=2,
+        max_text_seq_length=7, use_rotary_positional_embeddings=True)
+    ref.load_state_dict(sat_to_diffusers(ours.state_dict(), 256), strict=True)
+    ref.norm_out.norm.eps = 1e-6
+    return ours.eval(), ref.eval()
+
+
+@pytest.mark.parametrize("frames", [3, 2])
+def test_rotary_model_matches_diffusers(rotary_models, frames):
+    """diffusers' pipeline computes the rotary tables; at the configured grid its positions are the integers."""
+    ours, ref = rotary_models
+    gen = torch.Generator().manual_seed(10 + frames)
+    x = torch.randn(2, frames, 16, 8, 12, generator=gen)
+    context = torch.randn(2, 7, 64, generator=gen)
+    t = torch.tensor([999, 519])
+    rotary = get_3d_rotary_pos_embed(64, ((0, 0), (4, 6)), (4, 6), frames)
+    with torch.no_grad():
+        got = ours(x, t.float(), context)
+        want = ref(hidden_states=x, encoder_hidden_states=context, timestep=t, image_rotary_emb=rotary,
+                   return_dict=False)[0]
+        plain = ref(hidden_states=x, encoder_hidden_states=context, timestep=t, return_dict=False)[0]
+    assert got.abs().max() > 0.1
+    assert (got - want).abs().max() <= 1e-4
+    assert (got - plain).abs().max() > 1e-2  # the rotation takes part
+
+
+def test_full_size_5b_layout_equals_diffusers():
+    """CogVideoX-5B: 42 layers, width 3072, 48 heads; no position tensor; every tensor has diffusers' shape."""
+    with torch.device("meta"):
+        ours = DiffusionTransformer(num_layers=42, hidden_size=3072, num_attention_heads=48, time_embed_dim=512,
+                                    text_hidden_size=4096, rotary_position_embedding=True, skip_init=True)
+        ref = CogVideoXTransformer3DModel(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
+    sd = ours.state_dict()
+    assert len(sd) == 42 * 18 + 16
+    mapped = {k: tuple(v.shape) for k, v in sat_to_diffusers(sd, 3072).items()}
+    assert mapped == {k: tuple(v.shape) for k, v in ref.state_dict().items()}

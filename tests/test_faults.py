@@ -420,9 +420,7 @@ def test_run_script_takes_any_case_file_name_relative_to_the_caller_and_emoji_pr
     assert sorted(os.listdir(out)) == sorted(OUTPUTS)
 
 
-# ---------------------------------------------------------------- checkpoint reading (the issue-11 branch)
-
-CHECKPOINT_XFAIL = pytest.mark.xfail(strict=False, reason="checkpoint checks: issue 11 branch")
+# ---------------------------------------------------------------- checkpoint reading
 
 
 @pytest.fixture(scope="module")
@@ -501,7 +499,6 @@ CHECKPOINT_FAULTS = {
 }
 
 
-@CHECKPOINT_XFAIL
 @pytest.mark.parametrize("fault", CHECKPOINT_FAULTS)
 def test_damaged_checkpoint_is_one_line_naming_the_file_before_model_work(capsys, monkeypatch, tmp_path, earlier_run,
                                                                          rerun_folder, tiny_checkpoints, fault):

@@ -143,8 +143,8 @@ def test_missing_real_weights_name_the_paths_and_the_way_out():
     result = run_script("run_multi_prompt.sh", check=False)
     assert result.returncode == 2
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: missing checkpoint ") and "sat/CogVideoX-2b-sat/transformer/latest" in error
-    assert "sat/CogVideoX-2b-sat/vae/3d-vae.pt" in error and "--tiny" in error and "huggingface.co/THUDM/CogVideoX-2b" in error
+    assert error.startswith(f"error: missing checkpoint {REPO}/sat/CogVideoX-2b; ") and "--tiny" in error
+    assert "huggingface-cli download THUDM/CogVideoX-2b --local-dir sat/CogVideoX-2b" in error
 
 
 def test_unwritable_output_dir(out, capsys):

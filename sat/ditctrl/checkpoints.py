@@ -1,8 +1,16 @@
-"""Readers for the CogVideoX-2B files a user downloads (cogvideox.md section 1).
+"""Strict readers for the CogVideoX files a user downloads (cogvideox.md section 1).
+
+SAT layout:
 
 * ``transformer/latest`` + ``transformer/<iter>/mp_rank_00_model_states.pt``: the DiT (1.2-1.4);
 * ``vae/3d-vae.pt``: the VAE (1.5);
 * ``t5-v1_1-xxl/``: a Hugging Face T5 encoder folder (1.6), checked here and loaded by ``text_encoder``.
+
+The diffusers layout's safetensors folders are read by ``SafetensorsSource`` (their names are mapped
+to ours by ``diffusers_layout``). Every reader is a tensor source: ``check_shapes`` compares its names
+and shapes with a model's before anything is copied (one error naming the file), ``load_strict`` then
+reads one tensor at a time straight into the model's dtype and device. A corrupt, truncated or empty
+file is one error naming it.
 
 Files are loaded with ``torch.load(weights_only=True)``. A file that holds other pickled objects
 (DeepSpeed writes ``args`` and the like next to the weights) is refused by that mode; it is then
@@ -13,12 +21,14 @@ import json
 import os
 import pickle
 import warnings
+import zipfile
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 DIT_PREFIX = "model.diffusion_model."
 POSITION_TABLE_KEY = "mixins.pos_embed.pos_embedding"
-# Stray tensors some SAT files carry; the DiT either lacks them or recomputes them (spec 1.3).
+# Stray tensors some SAT files carry; the DiT either lacks them or recomputes them (spec 1.3, 6.6).
 AUXILIARY_DIT_KEYS = frozenset({
     "transformer.word_embeddings.weight",
     "transformer.position_embeddings.weight",
@@ -30,8 +40,10 @@ AUXILIARY_DIT_KEYS = frozenset({
 DIT_WRAPPER_KEYS = ("module", "model", "state_dict")
 DIT_FILE_NAME = "mp_rank_00_model_states.pt"
 VAE_TRAINING_PREFIX = "loss."
-T5_INDEX_NAME = "model.safetensors.index.json"
 T5_SINGLE_WEIGHTS_NAME = "model.safetensors"
+T5_INDEX_NAME = T5_SINGLE_WEIGHTS_NAME + ".index.json"
+DOWNLOAD_HINT = ("see README.md, section 'Download the weights', or run with --tiny. In short: "
+                 "huggingface-cli download THUDM/CogVideoX-2b --local-dir sat/CogVideoX-2b")
 
 
 class MissingCheckpointError(FileNotFoundError):
@@ -39,12 +51,7 @@ class MissingCheckpointError(FileNotFoundError):
 
     def __init__(self, *paths):
         self.paths = paths
-        super().__init__(
-            f"missing checkpoint {', '.join(map(str, paths))}; see README.md, section "
-            "'Download CogVideoX-2B weights', or run with --tiny. In short: unzip the SAT transformer and "
-            "vae archives (cloud.tsinghua.edu.cn, links in the README) into sat/CogVideoX-2b-sat/, and put "
-            "text_encoder/* + tokenizer/* of huggingface.co/THUDM/CogVideoX-2b into sat/CogVideoX-2b-sat/t5-v1_1-xxl/"
-        )
+        super().__init__(f"missing checkpoint {', '.join(map(str, paths))}; {DOWNLOAD_HINT}")
 
 
 def _require(path, is_dir=False):
@@ -62,6 +69,24 @@ def _torch_load(path):
             "which is only safe for a file from a trusted source"
         )
         return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _read_torch_file(path):
+    """The object in a torch checkpoint; an empty, truncated or non-torch file is one ValueError naming it."""
+    _require(path)
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: empty file (0 bytes); download it again")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a complete torch checkpoint archive (truncated or corrupt); download it again")
+    try:
+        return _torch_load(path)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise ValueError(f"{path}: unreadable torch checkpoint ({_first_line(error)}); download it again") from None
 
 
 def _unwrap(checkpoint, path, wrapper_keys):
@@ -86,6 +111,18 @@ def read_latest_iteration(folder):
     raise ValueError(f"{latest_path}: expected an integer > 0 or 'release', found {text!r}")
 
 
+def transformer_file(folder):
+    """``<folder>/<latest>/mp_rank_00_model_states.pt``; ``latest`` naming no folder is an error naming both."""
+    _require(folder, is_dir=True)
+    iteration = read_latest_iteration(folder)
+    if not os.path.isdir(os.path.join(folder, iteration)):
+        raise ValueError(f"{os.path.join(folder, 'latest')} names the folder '{iteration}', "
+                         f"but {os.path.join(folder, iteration)} does not exist")
+    path = os.path.join(folder, iteration, DIT_FILE_NAME)
+    _require(path)
+    return path
+
+
 def read_transformer_state_dict(folder):
     """DiT weights from a SAT ``transformer`` folder, keyed as in a bare ``DiffusionTransformer``.
 
@@ -93,10 +130,8 @@ def read_transformer_state_dict(folder):
     stripped), as SAT's ``load_checkpoint`` does; a file without the prefix is taken as it is.
     The auxiliary keys of spec 1.3 are dropped.
     """
-    _require(folder, is_dir=True)
-    path = os.path.join(folder, read_latest_iteration(folder), DIT_FILE_NAME)
-    _require(path)
-    weights = _unwrap(_torch_load(path), path, DIT_WRAPPER_KEYS)
+    path = transformer_file(folder)
+    weights = _unwrap(_read_torch_file(path), path, DIT_WRAPPER_KEYS)
     if any(key.startswith(DIT_PREFIX) for key in weights):
         weights = {key[len(DIT_PREFIX):]: value for key, value in weights.items() if key.startswith(DIT_PREFIX)}
     return {key: value for key, value in weights.items() if key not in AUXILIARY_DIT_KEYS}
@@ -104,40 +139,144 @@ def read_transformer_state_dict(folder):
 
 def read_vae_state_dict(path):
     """VAE weights (``encoder.*``, ``decoder.*``) from ``3d-vae.pt``, without the training-only ``loss.*``."""
-    _require(path)
-    weights = _unwrap(_torch_load(path), path, ("state_dict",))
+    weights = _unwrap(_read_torch_file(path), path, ("state_dict",))
     return {key: value for key, value in weights.items() if not key.startswith(VAE_TRAINING_PREFIX)}
 
 
-def _first(keys, count=5):
-    return ", ".join(keys[:count])
+class StateDictSource:
+    """Tensors already in memory (a ``.pt`` file's state dict), under the model's names."""
+
+    def __init__(self, state_dict, file=None):
+        self.state_dict, self.location = state_dict, file
+
+    def check(self, expected, what, ignore=()):
+        found = {key: (tuple(value.shape), self.location) for key, value in self.state_dict.items()}
+        check_shapes(expected, found, self.location, what, ignore)
+
+    def has(self, name) -> bool:
+        return name in self.state_dict
+
+    def tensor(self, name, device, dtype):
+        return self.state_dict[name].to(device=device, dtype=dtype)
 
 
-def load_state_dict_strict(module, state_dict, what, ignore=()):
-    """Copy ``state_dict`` into ``module``; every key must match in name and shape.
+def safetensors_shapes(path) -> dict:
+    """name -> shape from a safetensors header (no tensor data is read); a broken file is one error naming it."""
+    _require(path)
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: empty file (0 bytes); download it again")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except SafetensorError as error:
+        raise ValueError(f"{path}: unreadable safetensors file ({_first_line(error)}; truncated, corrupt or a "
+                         "git-lfs pointer instead of the weights); download it again") from None
 
-    Keys in ``ignore`` may be absent from ``state_dict`` (e.g. a recomputed fixed table); when present
-    they are loaded like any other. Values are converted to the dtype and device of the module's tensors.
+
+def _read_json(path):
+    _require(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({_first_line(error)})") from None
+
+
+class SafetensorsSource:
+    """The tensors of one safetensors file or of a sharded set (``<name>.index.json`` + shards), read lazily."""
+
+    def __init__(self, folder, weights_name):
+        self.location = folder
+        index_path = os.path.join(folder, weights_name + ".index.json")
+        if os.path.isfile(index_path):
+            weight_map = _read_json(index_path).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map'")
+            shards = sorted(set(weight_map.values()))
+        else:
+            weight_map, shards = None, [weights_name]
+        missing = [os.path.join(folder, name) for name in shards if not os.path.isfile(os.path.join(folder, name))]
+        if missing:
+            raise MissingCheckpointError(*missing)
+        self.files = {}  # tensor name -> (shape, file)
+        for shard in shards:
+            path = os.path.join(folder, shard)
+            self.files.update({name: (shape, path) for name, shape in safetensors_shapes(path).items()})
+        for name, shard in (weight_map or {}).items():
+            path = os.path.join(folder, shard)
+            if name not in self.files or self.files[name][1] != path:
+                raise ValueError(f"{index_path} puts {name} in {shard}, but that file does not hold it")
+        self._open = {}
+
+    def check(self, expected, what, ignore=()):
+        check_shapes(expected, self.files, self.location, what, ignore)
+
+    def has(self, name) -> bool:
+        return name in self.files
+
+    def tensor(self, name, device, dtype):
+        """One tensor, read from its file straight onto `device`, then converted to `dtype`."""
+        path = self.files[name][1]
+        key = (path, str(device))
+        if key not in self._open:
+            self._open[key] = safe_open(path, framework="pt", device=str(device))
+        return self._open[key].get_tensor(name).to(dtype)
+
+
+def _listed(entries, count=5):
+    return ", ".join(entries[:count])
+
+
+def _where(files):
+    files = sorted({str(file) for file in files if file})
+    return f" in {', '.join(files)}" if files else ""
+
+
+def check_shapes(expected, found, location, what, ignore=()):
+    """Every name of `expected` (name -> shape) must be in `found` (name -> (shape, file)) with that shape,
+    and nothing else. Names in `ignore` may be absent. One ValueError gives the counts and the first
+    offenders with their files (`location`: where the missing ones were looked for).
     """
-    targets = module.state_dict()
-    missing = [key for key in targets if key not in state_dict and key not in ignore]
-    unexpected = [key for key in state_dict if key not in targets]
-    mismatched = [
-        f"{key} {tuple(value.shape)} vs {tuple(targets[key].shape)}"
-        for key, value in state_dict.items()
-        if key in targets and value.shape != targets[key].shape
-    ]
-    problems = [
-        f"{len(found)} {kind} ({_first(found)})"
-        for kind, found in (("missing keys", missing), ("unexpected keys", unexpected),
-                            ("shape mismatches, file vs model", mismatched))
-        if found
-    ]
+    missing = [key for key in expected if key not in found and key not in ignore]
+    unexpected = [key for key in found if key not in expected]
+    mismatched = [key for key, (shape, _) in found.items() if key in expected and shape != tuple(expected[key])]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_listed(missing)}){_where([location])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_listed(unexpected)})"
+                        f"{_where(found[key][1] for key in unexpected[:5])}")
+    if mismatched:
+        shown = [f"{key} {found[key][0]} vs {tuple(expected[key])}" for key in mismatched]
+        problems.append(f"{len(mismatched)} shape mismatches, file vs model ({_listed(shown)})"
+                        f"{_where(found[key][1] for key in mismatched[:5])}")
     if problems:
         raise ValueError(f"{what} checkpoint does not fit the model: " + "; ".join(problems))
+
+
+def model_shapes(module) -> dict:
+    """name -> shape of every tensor in `module`'s state dict (works on the meta device)."""
+    return {key: tuple(value.shape) for key, value in module.state_dict().items()}
+
+
+def load_strict(module, source, what, ignore=()):
+    """Check `source` against `module`, then copy it in one tensor at a time.
+
+    A source (or a plain state dict) has ``check(expected shapes, what, ignore)``, ``has(name)`` and
+    ``tensor(name, device, dtype)``.
+    Names in `ignore` may be absent from it (e.g. a recomputed fixed table); when present they are loaded
+    like any other. Tensors are read in the dtype and on the device of the module's tensors.
+    """
+    if isinstance(source, dict):
+        source = StateDictSource(source)
+    source.check(model_shapes(module), what, ignore)
     with torch.no_grad():
-        for key, value in state_dict.items():
-            targets[key].copy_(value)
+        for key, target in module.state_dict().items():
+            if source.has(key):
+                target.copy_(source.tensor(key, target.device, target.dtype))
+
+
+load_state_dict_strict = load_strict
 
 
 def _t5_weight_files(folder):
@@ -145,18 +284,42 @@ def _t5_weight_files(folder):
     index_path = os.path.join(folder, T5_INDEX_NAME)
     if not os.path.isfile(index_path):
         return [T5_SINGLE_WEIGHTS_NAME]
-    try:
-        with open(index_path) as f:
-            weight_map = json.load(f)["weight_map"]
-        return sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, KeyError, AttributeError) as error:
-        raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map' ({error})") from error
+    weight_map = _read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map'")
+    return sorted(set(weight_map.values()))
 
 
-def check_t5_folder(folder):
-    """Raise ``MissingCheckpointError`` naming every file a T5 encoder folder lacks."""
+def tokenizer_file(folder):
+    """The T5 tokenizer's model: ``spiece.model`` (the download), or ``tokenizer.json`` (transformers 5 saves it)."""
+    fast = os.path.join(folder, "tokenizer.json")
+    return fast if os.path.isfile(fast) else os.path.join(folder, "spiece.model")
+
+
+def check_t5_folder(folder, tokenizer_folder=None):
+    """Raise ``MissingCheckpointError`` naming every file a T5 encoder folder (and its tokenizer folder) lacks."""
+    tokenizer_folder = tokenizer_folder or folder
     _require(folder, is_dir=True)
-    needed = ["config.json", "spiece.model", *_t5_weight_files(folder)]
-    missing = [os.path.join(folder, name) for name in needed if not os.path.isfile(os.path.join(folder, name))]
+    _require(tokenizer_folder, is_dir=True)
+    needed = [os.path.join(folder, name) for name in ("config.json", *_t5_weight_files(folder))]
+    needed.append(tokenizer_file(tokenizer_folder))
+    missing = [path for path in needed if not os.path.isfile(path)]
     if missing:
         raise MissingCheckpointError(*missing)
+
+
+def check_t5_weights(folder):
+    """The T5 shards hold exactly the encoder that ``config.json`` describes (names and shapes, headers only)."""
+    from transformers import T5Config, T5EncoderModel
+
+    config_path = os.path.join(folder, "config.json")
+    try:
+        config = T5Config.from_dict(_read_json(config_path))
+        with torch.device("meta"):
+            encoder = T5EncoderModel(config)
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{config_path}: not a T5 encoder config ({_first_line(error)})") from None
+    expected = model_shapes(encoder)
+    tied_aliases = set(expected) - {name for name, _ in encoder.named_parameters()} - {
+        name for name, _ in encoder.named_buffers()}
+    SafetensorsSource(folder, T5_SINGLE_WEIGHTS_NAME).check(expected, "T5", ignore=tied_aliases)

@@ -1,7 +1,8 @@
 """Run configuration: merge YAML files and overrides, check every `args` key, prepare the output folder.
 
 Merge order, lowest first: ``configs/inference.yaml`` (the default of every `args` key), each
-``--base`` file, the ``--custom-config`` case file, then ``key=value`` overrides. Mappings merge
+``--base`` file (a model config may set its own `args` defaults), the tiny overlay with ``--tiny``,
+the ``--custom-config`` case file, then ``key=value`` overrides. Mappings merge
 deeply; lists and scalars replace. The set of `args` keys and each key's type come from
 inference.yaml; only keys whose default does not show their type are declared here.
 """
@@ -206,7 +207,8 @@ def load_config(base_paths: Sequence[str], custom_path: str | None = None, overr
     The result has the sections `model` and `args`; `args` holds every schema key. Tools that only
     need the model (e.g. the synthetic-checkpoint writer) pass `require_prompts=False`.
     """
-    paths = [INFERENCE_CONFIG, *base_paths]
+    # inference.yaml is read first; naming it again in --base does not re-apply it over the model config's args.
+    paths = [INFERENCE_CONFIG, *(p for p in base_paths if os.path.realpath(p) != os.path.realpath(INFERENCE_CONFIG))]
     sources = [_split_source(_read_yaml(path), path) for path in paths]
     base_model = OmegaConf.merge(*(model for model, _ in sources))
     overriding = [(_read_yaml(custom_path), custom_path)] if custom_path is not None else []
@@ -487,6 +489,13 @@ def write_resolved_config(cfg: DictConfig, output_dir: str) -> str:
     return write_text(path, OmegaConf.to_yaml(cfg, resolve=True), last=True)
 
 
+def tiny_config_for(base_paths: Sequence[str]) -> str:
+    """The tiny overlay of the model the base files describe (their `model.tiny_config`, in configs/)."""
+    names = [_read_yaml(path).get("model", {}).get("tiny_config") for path in base_paths]
+    names = [name for name in names if name]
+    return os.path.join(CONFIG_DIR, names[-1]) if names else TINY_MODEL_CONFIG
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="DiTCtrl run configuration.",
@@ -497,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="base config files, merged left to right over configs/inference.yaml")
     parser.add_argument("--custom-config", metavar="CASE_YAML", help="case file merged over the base files")
     parser.add_argument("--tiny", action="store_true",
-                        help="append the tiny model config and its overrides to the base files (smoke runs)")
+                        help="append the model's tiny config (its model.tiny_config) to the base files (smoke runs)")
     parser.add_argument("--prompts", nargs="+", metavar="PROMPT",
                         help="prompts, one argument each; replace args.prompts")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, applied last")
@@ -512,7 +521,7 @@ def parse_cli(argv: Sequence[str] | None = None) -> DictConfig:
 def parse_run_cli(argv: Sequence[str] | None = None) -> tuple[DictConfig, bool]:
     """The resolved, checked config and whether --tiny was given (the only trigger for writing random weights)."""
     options = build_parser().parse_args(argv)
-    base_paths = [*options.base, *([TINY_MODEL_CONFIG] if options.tiny else [])]
+    base_paths = [*options.base, *([tiny_config_for(options.base)] if options.tiny else [])]
     overrides = list(options.overrides)
     if options.prompts:
         for prompt in options.prompts:

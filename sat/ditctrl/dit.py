@@ -1,9 +1,10 @@
-"""CogVideoX-2B diffusion transformer as a SwissArmyTransformer `BaseModel` (cogvideox.md §2).
+"""CogVideoX-2B / 5B diffusion transformer as a SwissArmyTransformer `BaseModel` (cogvideox.md §2, §6.6).
 
 Mixins, added in the original's order and under the original's names so that checkpoint keys
 match (`mixins.pos_embed.*`, `mixins.patch_embed.*`, `mixins.adaln_layer.*`, `mixins.final_layer.*`):
 
-- `PositionEmbedding3DMixin`: the fixed 3-D sin-cos table, added to the text+video sequence;
+- `PositionEmbedding3DMixin` (2B): the fixed 3-D sin-cos table, added to the text+video sequence;
+  `Rotary3DPositionEmbeddingMixin` (5B): 3-D rotary embedding of the video tokens' q and k;
 - `PatchEmbeddingMixin`: 2×2 latent patches -> tokens, T5 features -> text tokens;
 - `AdaLNMixin`: the whole CogVideoX block (adaLN-modulated LayerNorms, joint attention with
   per-head QK LayerNorm, MLP). Its attention goes through an exchangeable `AttentionController`;
@@ -20,7 +21,7 @@ from sat.model.base_model import BaseMixin, BaseModel
 from sat.mpu import copy_to_model_parallel_region
 
 from .attention import AttentionController
-from .position_embedding import sincos_3d
+from .position_embedding import rotary_3d, rotate_pairs, sincos_3d
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -54,11 +55,45 @@ class PositionEmbedding3DMixin(BaseMixin):
             self.pos_embedding.copy_(self.table())
 
     def position_embedding_forward(self, position_ids, **kw):
-        frames, height, width = kw["token_grid"]
-        if frames > self.grid[0] or (height, width) != self.grid[1:]:
-            raise ValueError(f"latent token grid {frames}x{height}x{width} does not fit the position table "
-                             f"{self.grid[0]}x{self.grid[1]}x{self.grid[2]} this model was configured for")
+        frames, height, width = check_token_grid(kw["token_grid"], self.grid)
         return self.pos_embedding[:, : self.text_length + frames * height * width]
+
+
+def check_token_grid(token_grid, configured):
+    """`token_grid` (frames, rows, columns), if the position embedding built for `configured` covers it."""
+    frames, height, width = token_grid
+    if frames > configured[0] or (height, width) != tuple(configured[1:]):
+        raise ValueError(f"latent token grid {frames}x{height}x{width} does not fit the position table "
+                         f"{configured[0]}x{configured[1]}x{configured[2]} this model was configured for")
+    return token_grid
+
+
+class Rotary3DPositionEmbeddingMixin(BaseMixin):
+    """Adds nothing to the tokens; `rotate` turns the video tokens' q and k (text tokens untouched)."""
+
+    def __init__(self, head_dim, frames, height, width):
+        super().__init__()
+        self.grid = (frames, height, width)
+        cos, sin = rotary_3d(head_dim, frames, height, width)
+        self.register_buffer("freqs_cos", cos, persistent=False)  # (F·h·w, head_dim)
+        self.register_buffer("freqs_sin", sin, persistent=False)
+
+    def reinit(self, parent_model=None):
+        """Recompute the tables in place (after `to_empty`; checkpoints do not carry them)."""
+        with torch.no_grad():
+            for buffer, value in zip((self.freqs_cos, self.freqs_sin), rotary_3d(self.freqs_cos.shape[1], *self.grid)):
+                buffer.copy_(value)
+
+    def position_embedding_forward(self, position_ids, **kw):
+        check_token_grid(kw["token_grid"], self.grid)
+        return None
+
+    def rotate(self, q, k, text_length, token_grid):
+        """q, k (B, heads, N, d_head) with the video tokens [text_length:] rotated, in the model dtype."""
+        frames, height, width = token_grid
+        cos, sin = self.freqs_cos[: frames * height * width], self.freqs_sin[: frames * height * width]
+        return tuple(torch.cat([x[:, :, :text_length], rotate_pairs(x[:, :, text_length:], cos, sin)], dim=2)
+                     for x in (q, k))
 
 
 class PatchEmbeddingMixin(BaseMixin):
@@ -91,6 +126,7 @@ class AdaLNMixin(BaseMixin):
         self.key_layernorm_list = nn.ModuleList(
             nn.LayerNorm(head_dim, eps=1e-6, elementwise_affine=elementwise_affine) for _ in range(num_layers))
         self.controller = AttentionController()
+        self.rotate = None  # (q, k, text_length, token_grid) -> rotated q, k; set for a rotary position embedding
 
     def layer_forward(self, hidden_states, mask, *args, **kw):
         index = int(kw["layer_id"])
@@ -106,7 +142,7 @@ class AdaLNMixin(BaseMixin):
             modulate(F.layer_norm(text, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps), t_shift_msa, t_scale_msa),
             modulate(F.layer_norm(video, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps), shift_msa, scale_msa),
         ], dim=1)
-        attended = self.attention(normed, layer.attention, index, text_length)
+        attended = self.attention(normed, layer.attention, index, text_length, kw["token_grid"])
         text = text + t_gate_msa.unsqueeze(1) * attended[:, :text_length]
         video = video + gate_msa.unsqueeze(1) * attended[:, text_length:]
 
@@ -122,13 +158,15 @@ class AdaLNMixin(BaseMixin):
         video = video + gate_mlp.unsqueeze(1) * out[:, text_length:]
         return torch.cat([text, video], dim=1)
 
-    def attention(self, x, attention_module, index, text_length):
-        """Joint attention of one layer: QKV projection, per-head QK LayerNorm, controller, output projection."""
+    def attention(self, x, attention_module, index, text_length, token_grid):
+        """Joint attention of one layer: QKV projection, per-head QK LayerNorm, rotary (5B), controller, output."""
         batch, length, width = x.shape
         qkv = F.linear(x, attention_module.query_key_value.weight, attention_module.query_key_value.bias)
         q, k, v = qkv.view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # each (B, heads, N, d_head)
         q = self.query_layernorm_list[index](q)
         k = self.key_layernorm_list[index](k)
+        if self.rotate is not None:
+            q, k = self.rotate(q, k, text_length, token_grid)
         out = self.controller(q, k, v, index, text_length)  # (B, heads, N, d_head)
         out = out.transpose(1, 2).reshape(batch, length, width)
         return F.linear(out, attention_module.dense.weight, attention_module.dense.bias)
@@ -180,7 +218,8 @@ class DiffusionTransformer(BaseModel):
     def __init__(self, *, num_layers, hidden_size, num_attention_heads, time_embed_dim, text_hidden_size,
                  text_length=226, in_channels=16, out_channels=16, patch_size=2, latent_height=60,
                  latent_width=90, num_frames=49, time_compressed_rate=4, spatial_interpolation=1.875,
-                 temporal_interpolation=1.0, elementwise_affine=True, skip_init=False):
+                 temporal_interpolation=1.0, elementwise_affine=True, rotary_position_embedding=False,
+                 skip_init=False):
         transformer_args = Namespace(
             num_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
             vocab_size=1, max_sequence_length=64, layernorm_order="pre", skip_init=skip_init,
@@ -193,12 +232,18 @@ class DiffusionTransformer(BaseModel):
         latent_frames = (num_frames - 1) // time_compressed_rate + 1
         self.time_embed = nn.Sequential(
             nn.Linear(hidden_size, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
-        self.add_mixin("pos_embed", PositionEmbedding3DMixin(
-            hidden_size, text_length, latent_frames, latent_height // patch_size, latent_width // patch_size,
-            spatial_interpolation, temporal_interpolation))
+        grid = (latent_frames, latent_height // patch_size, latent_width // patch_size)
+        if rotary_position_embedding:
+            position = Rotary3DPositionEmbeddingMixin(hidden_size // num_attention_heads, *grid)
+        else:
+            position = PositionEmbedding3DMixin(hidden_size, text_length, *grid, spatial_interpolation,
+                                                temporal_interpolation)
+        self.add_mixin("pos_embed", position)
         self.add_mixin("patch_embed", PatchEmbeddingMixin(in_channels, hidden_size, patch_size, text_hidden_size))
         self.add_mixin("adaln_layer", AdaLNMixin(num_layers, hidden_size, num_attention_heads, time_embed_dim,
                                                  elementwise_affine))
+        if rotary_position_embedding:
+            self.mixins["adaln_layer"].rotate = position.rotate
         self.add_mixin("final_layer", FinalLayerMixin(hidden_size, time_embed_dim, patch_size, in_channels,
                                                       elementwise_affine))
 
@@ -237,7 +282,8 @@ class DiffusionTransformer(BaseModel):
         inputs = self._hook_inputs(latents, timesteps, context)
         ones = self._ones(latents.device)
         hidden = self.hooks["word_embedding_forward"](ones, output_cross_layer={}, **inputs)
-        hidden = hidden + self.hooks["position_embedding_forward"](ones, output_cross_layer={}, **inputs)
+        position = self.hooks["position_embedding_forward"](ones, output_cross_layer={}, **inputs)
+        hidden = hidden if position is None else hidden + position
         return TransformerState(self.transformer.embedding_dropout(hidden), inputs["context"], inputs["emb"],
                                 inputs["token_grid"])
 

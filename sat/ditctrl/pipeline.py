@@ -1,9 +1,8 @@
 """Building the CogVideoX parts from a resolved config and running them in a memory-frugal order.
 
 The run loads T5, encodes, releases it and only then places the DiT on the device; the VAE decodes in chunks.
-Relative weight paths are resolved from the `sat/` folder (where the README puts `CogVideoX-2b-sat/`).
+Where the weights are and in which layout: `weights.py` (re-exported here).
 """
-import os
 from functools import partial
 
 import torch
@@ -13,45 +12,13 @@ from torch.utils._device import _device_constructors
 from tqdm.auto import tqdm
 
 from .attention.kernels import set_backend
-from .checkpoints import (POSITION_TABLE_KEY, MissingCheckpointError, check_t5_folder, load_state_dict_strict,
-                          read_transformer_state_dict, read_vae_state_dict)
+from .checkpoints import POSITION_TABLE_KEY, StateDictSource, load_strict
 from .dit import DiffusionTransformer
 from .guided_denoiser import GuidedDenoiser
 from .schedule import sampling_schedule
 from .text_encoder import T5TextEncoder
 from .vae import CogVideoXVAE
-
-SAT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def weight_path(path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(SAT_DIR, path)
-
-
-def weight_paths(cfg) -> dict:
-    """Where the run's three checkpoints live (absolute paths)."""
-    return {
-        "transformer": weight_path(cfg.args.load),
-        "vae": weight_path(cfg.model.first_stage_config.ckpt_path),
-        "t5": weight_path(cfg.model.conditioner_config.params.model_dir),
-    }
-
-
-def check_weights(cfg) -> None:
-    """Raise one MissingCheckpointError naming every missing checkpoint path, before any model work."""
-    paths = weight_paths(cfg)
-    missing = []
-    latest = os.path.join(paths["transformer"], "latest")
-    if not os.path.isfile(latest):
-        missing.append(latest)
-    if not os.path.isfile(paths["vae"]):
-        missing.append(paths["vae"])
-    try:
-        check_t5_folder(paths["t5"])
-    except MissingCheckpointError as error:
-        missing.extend(error.paths)
-    if missing:
-        raise MissingCheckpointError(*missing)
+from .weights import check_weights, transformer_source, vae_source, weight_path, weight_paths  # noqa: F401
 
 
 def run_dtype(args) -> torch.dtype:
@@ -77,32 +44,36 @@ def allocate_empty(module_type, params: dict, device, dtype) -> torch.nn.Module:
     return module.to_empty(device=device)
 
 
-def load_weights(module, state_dict: dict, what: str, ignore=()) -> None:
-    """`load_state_dict_strict`, except that a file tensor already on the module's device in its dtype and shape
-    becomes the module's tensor as it is (memory-mapped pages are not copied: the CPU holds one copy)."""
-    targets = module.state_dict()
-    ready = {key: value for key, value in state_dict.items() if key in targets and
-             (value.shape, value.dtype, value.device) == (targets[key].shape, targets[key].dtype, targets[key].device)}
-    module.load_state_dict(ready, strict=False, assign=True)
-    load_state_dict_strict(module, state_dict, what, ignore)  # checks every key; adopted tensors copy onto themselves
+def load_weights(module, weights, what: str, ignore=()) -> None:
+    """`load_strict` from `weights` (a state dict or a tensor source), except that a tensor of an in-memory state
+    dict already on the module's device in its dtype and shape becomes the module's tensor as it is
+    (memory-mapped pages are not copied: the CPU holds one copy)."""
+    state_dict = weights.state_dict if isinstance(weights, StateDictSource) else weights
+    if isinstance(state_dict, dict):
+        targets = module.state_dict()
+        ready = {key: value for key, value in state_dict.items() if key in targets and
+                 (value.shape, value.dtype, value.device) == (targets[key].shape, targets[key].dtype, targets[key].device)}
+        module.load_state_dict(ready, strict=False, assign=True)
+    load_strict(module, weights, what, ignore)  # checks every key; adopted tensors copy onto themselves
 
 
-def build_transformer(network_params: dict, state_dict: dict, device, dtype) -> DiffusionTransformer:
-    """The DiT with the checkpoint's weights, allocated once, directly on `device` in `dtype`."""
+def build_transformer(network_params: dict, weights, device, dtype) -> DiffusionTransformer:
+    """The DiT with the checkpoint's weights (a state dict or a tensor source), allocated once on `device` in `dtype`."""
     model = allocate_empty(DiffusionTransformer, {**network_params, "skip_init": True}, device, dtype)
     model.get_mixin("pos_embed").reinit()  # the fixed table is recomputed, never read from the file
-    load_weights(model, state_dict, "transformer", ignore={POSITION_TABLE_KEY})
+    load_weights(model, weights, "transformer", ignore={POSITION_TABLE_KEY})
     return model.eval().requires_grad_(False)
 
 
 def build_vae_decoder(cfg, device, dtype) -> CogVideoXVAE:
     """The VAE with the checkpoint's decoder on `device`; the encoder, unused when sampling, is checked by the
     strict load on the CPU and then dropped."""
+    params = OmegaConf.to_container(cfg.model.first_stage_config.params)
     with OnMetaDevice():
-        vae = CogVideoXVAE(**OmegaConf.to_container(cfg.model.first_stage_config.params)).to(dtype)
+        vae = CogVideoXVAE(**params).to(dtype)
     vae.encoder.to_empty(device="cpu")
     vae.decoder.to_empty(device=device)
-    load_weights(vae, read_vae_state_dict(weight_paths(cfg)["vae"]), "VAE")
+    load_weights(vae, vae_source(weight_paths(cfg), params), "VAE")
     vae.encoder = None
     return vae.eval().requires_grad_(False)
 
@@ -152,8 +123,10 @@ class Pipeline:
         self.scale_factor = cfg.model.scale_factor
 
     def load_text_encoder(self) -> None:
-        self.text_encoder = T5TextEncoder(weight_paths(self.cfg)["t5"], device=self.device, dtype=self.dtype,
-                                          max_length=self.cfg.model.conditioner_config.params.max_length)
+        paths = weight_paths(self.cfg)
+        self.text_encoder = T5TextEncoder(paths["t5"], device=self.device, dtype=self.dtype,
+                                          max_length=self.cfg.model.conditioner_config.params.max_length,
+                                          tokenizer_folder=paths["tokenizer"])
 
     def encode(self, prompts) -> torch.Tensor:
         """(P, L, D) T5 features of the prompts."""
@@ -166,8 +139,8 @@ class Pipeline:
         self.text_encoder = None
 
     def load_dit(self) -> None:
-        self.dit = build_transformer(self.network_params, read_transformer_state_dict(weight_paths(self.cfg)["transformer"]),
-                                     self.device, self.dtype)
+        self.dit = build_transformer(self.network_params, transformer_source(weight_paths(self.cfg)), self.device,
+                                     self.dtype)
 
     def load_vae(self) -> None:
         self.vae = build_vae_decoder(self.cfg, "cpu" if self.offload else self.device, self.dtype)

@@ -39,21 +39,21 @@ def prepare_run(entry_name: str, argv=None):
     cfg, tiny = parse_run_cli(argv)
     validate_model(cfg)
     prompts = expand_prompts(cfg.args)
-    check_run(entry, cfg, prompts)
-    plan = plan_run(entry, cfg.args, prompts)
-    device = resolve_device(cfg.args.device)
     from .pipeline import check_decode_memory, check_weights, run_dtype, weight_paths
-    network = cfg.model.network_config.params
-    check_attention_backend(cfg.args.attention_backend, device, run_dtype(cfg.args),
-                            network.hidden_size // network.num_attention_heads)
-    check_decode_memory(cfg, plan.decoded_frames, device)
     if tiny:
         from .synthetic_checkpoint import ensure_synthetic_checkpoints
         print(RANDOM_WEIGHTS_NOTE)
         ensure_synthetic_checkpoints(cfg)
+    check_weights(cfg)  # a diffusers folder's configs fix the model shape the checks below use
+    check_run(entry, cfg, prompts)
+    plan = plan_run(entry, cfg.args, prompts)
+    device = resolve_device(cfg.args.device)
+    network = cfg.model.network_config.params
+    check_attention_backend(cfg.args.attention_backend, device, run_dtype(cfg.args),
+                            network.hidden_size // network.num_attention_heads)
+    check_decode_memory(cfg, plan.decoded_frames, device)
     from .text_encoder import T5Tokens
-    check_weights(cfg)
-    tokens = T5Tokens(weight_paths(cfg)["t5"], cfg.model.conditioner_config.params.max_length)
+    tokens = T5Tokens(weight_paths(cfg)["tokenizer"], cfg.model.conditioner_config.params.max_length)
     check_token_indices(cfg.args, token_counts(tokens.tokenize, prompts))
     tokens.announce_cut_prompts(prompts)
     mask_dirs = [cfg.args.mask_save_dir] if "KVSharingMaskGuidedAdaLNMixin" in cfg.args.adaln_mixin_names else []

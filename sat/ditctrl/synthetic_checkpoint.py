@@ -1,14 +1,17 @@
-"""Writers of random-weight checkpoints in exactly the on-disk layouts of the real download.
+"""Writers of random-weight checkpoints in exactly the on-disk layouts of the real downloads.
 
-They let every loader and the whole pipeline run without the real CogVideoX-2B weights
-(cogvideox.md section 1): a SAT ``transformer`` folder, ``3d-vae.pt`` and a Hugging Face T5 folder
-whose tokenizer is a real SentencePiece model trained offline on ``assets/tokenizer_corpus.txt``.
+They let every loader and the whole pipeline run without the real CogVideoX-2B / 5B weights
+(cogvideox.md section 1), in either layout: SAT (a ``transformer`` folder, ``3d-vae.pt`` and a
+Hugging Face T5 folder) or diffusers (one folder: ``model_index.json``, ``transformer/``, ``vae/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``). The tokenizer is a real SentencePiece model
+trained offline on ``assets/tokenizer_corpus.txt``.
 
 The writers only ever write into their own folders: a new or empty folder, which they mark with
 ``.ditctrl-synthetic``, or one that carries that mark. A folder holding anything else may be a real
 checkpoint and is refused before anything is written. Every file goes through
 ``output_files.write_file`` (temporary name, then renamed), and each part's pointer file (``latest``,
-the T5 index) is written after its weights, so an interrupted writer never leaves a part that looks whole.
+the T5 index, a diffusers folder's ``model_index.json``) is written after its weights, so an interrupted
+writer never leaves a part that looks whole.
 """
 import dataclasses
 import io
@@ -24,6 +27,8 @@ from omegaconf import OmegaConf
 
 from ditctrl.checkpoints import (DIT_FILE_NAME, DIT_PREFIX, POSITION_TABLE_KEY, T5_INDEX_NAME, MissingCheckpointError,
                                  check_t5_folder)
+from ditctrl.diffusers_layout import (MODEL_INDEX, TRANSFORMER_NAMES, VAE_NAMES, WEIGHTS_NAME, NameMap, model_index,
+                                      scheduler_config, transformer_config, vae_config)
 from ditctrl.dit import DiffusionTransformer
 from ditctrl.output_files import write_bytes, write_file, write_text
 from ditctrl.pipeline import allocate_empty, run_dtype, weight_paths
@@ -59,21 +64,28 @@ def part_folders(paths: dict) -> dict:
 
 
 def claim_part_folders(paths: dict, parts) -> None:
-    """Claim the folders of `parts` (see `claim_synthetic_folder`) before any weights are written."""
+    """Claim the folders of `parts` (see `claim_synthetic_folder`), a diffusers folder as a whole, before any
+    weights are written."""
+    if paths["layout"] == "diffusers":
+        claim_synthetic_folder(paths["root"])
+        return
     folders = part_folders(paths)
     for part in parts:
         claim_synthetic_folder(folders[part])
 
 
 def missing_parts(cfg) -> list:
-    """The parts whose checkpoint is not on disk (`latest`, the VAE file, a complete T5 folder)."""
+    """The parts whose checkpoint is not on disk (`latest`, the VAE file, a complete T5 folder); none of a
+    diffusers folder, which is recognised only once complete (its model_index.json is written last)."""
     paths = weight_paths(cfg)
+    if paths["layout"] == "diffusers":
+        return []
     present = {
         "transformer": os.path.isfile(os.path.join(paths["transformer"], "latest")),
         "vae": os.path.isfile(paths["vae"]),
     }
     try:
-        check_t5_folder(paths["t5"])
+        check_t5_folder(paths["t5"], paths["tokenizer"])
         present["t5"] = True
     except MissingCheckpointError:
         present["t5"] = False
@@ -237,11 +249,12 @@ def _write_json(path, content):
 
 
 def write_t5_folder(folder, d_model, d_ff, num_layers, num_heads, d_kv, vocab_size=32128,
-                    dtype=torch.float16, seed=0, device="cpu"):
+                    dtype=torch.float16, seed=0, device="cpu", tokenizer_folder=None):
     """Write a Hugging Face T5 v1.1 encoder folder with random weights and a trained tokenizer.
 
     The weights are generated on ``device`` and saved one shard at a time, so at most one shard is
-    held in memory (about 5 GB for the t5-v1_1-xxl shape).
+    held in memory (about 5 GB for the t5-v1_1-xxl shape). The tokenizer files go to
+    ``tokenizer_folder`` when given (the diffusers layout's ``tokenizer/``), else next to the weights.
     """
     dims = T5Dims(d_model, d_ff, num_layers, num_heads, d_kv, vocab_size)
     tokenizer_size = SENTENCEPIECE_PIECES + T5_EXTRA_IDS
@@ -257,9 +270,10 @@ def write_t5_folder(folder, d_model, d_ff, num_layers, num_heads, d_kv, vocab_si
         total_bytes += sum(t.numel() * t.element_size() for t in shard_tensors.values())
         del shard_tensors  # before the next shard is generated
     _write_json(os.path.join(folder, "config.json"), _t5_config(dims, dtype))
-    write_bytes(os.path.join(folder, "spiece.model"), train_sentencepiece())
+    tokenizer_folder = tokenizer_folder or folder
+    write_bytes(os.path.join(tokenizer_folder, "spiece.model"), train_sentencepiece())
     for name, content in _t5_tokenizer_files().items():
-        _write_json(os.path.join(folder, name), content)
+        _write_json(os.path.join(tokenizer_folder, name), content)
     # the index names the shards: written last, it marks the folder complete (checkpoints.check_t5_folder)
     _write_json(os.path.join(folder, T5_INDEX_NAME), {"metadata": {"total_size": total_bytes}, "weight_map": weight_map})
 
@@ -296,30 +310,77 @@ def build_random(module_type, params: dict, device: str, dtype: torch.dtype, see
     return module
 
 
-def write_synthetic_checkpoints(cfg, device: str = "cpu", seed: int = 0, parts=PARTS) -> dict:
+def write_diffusers_component(tensors: dict, folder, config: dict, max_shard_bytes: int = 5 * 2**30) -> None:
+    """``config.json`` and the safetensors of one diffusers component; several shards plus an index when large."""
+    _write_json(os.path.join(folder, "config.json"), config)
+    shards, size = [{}], 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name], size = tensor, size + nbytes
+    if len(shards) == 1:
+        _write_safetensors(os.path.join(folder, WEIGHTS_NAME), shards[0])
+        return
+    stem, weight_map = WEIGHTS_NAME.removesuffix(".safetensors"), {}
+    for k, shard in enumerate(shards):
+        file_name = f"{stem}-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        _write_safetensors(os.path.join(folder, file_name), shard)
+        weight_map.update(dict.fromkeys(shard, file_name))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    _write_json(os.path.join(folder, WEIGHTS_NAME + ".index.json"), {"metadata": {"total_size": total},
+                                                                      "weight_map": weight_map})
+
+
+def _write_safetensors(path, tensors: dict) -> None:
+    write_file(path, lambda temporary: save_file(tensors, temporary, metadata={"format": "pt"}))
+
+
+def write_synthetic_checkpoints(cfg, device: str = "cpu", seed: int = 0, parts=PARTS, layout: str = "sat",
+                                max_shard_bytes: int = 5 * 2**30) -> dict:
     """Write `parts` (default all) of `cfg`'s transformer, VAE and T5 with random weights; returns their paths.
 
-    Every folder is claimed (see `claim_synthetic_folder`) before the first file is written.
+    `layout` 'sat' writes where the config's three paths point; 'diffusers' writes all parts into one folder,
+    the one `args.load` names, with safetensors shards of at most `max_shard_bytes`. Every folder is claimed
+    (see `claim_synthetic_folder`) before the first file is written.
     """
-    paths = weight_paths(cfg)
+    paths = weight_paths(cfg, layout)
     network = OmegaConf.to_container(cfg.model.network_config.params)
+    vae_params = OmegaConf.to_container(cfg.model.first_stage_config.params)
     t5 = OmegaConf.to_container(cfg.model.tiny_t5) if "tiny_t5" in cfg.model else FULL_T5
     if t5["d_model"] != network["text_hidden_size"]:
         raise ValueError(f"T5 d_model {t5['d_model']} != the DiT's text_hidden_size {network['text_hidden_size']}")
+    if layout == "diffusers":
+        parts = PARTS
     claim_part_folders(paths, parts)
     dtype = run_dtype(cfg.args)
     if "transformer" in parts:
         dit = build_random(DiffusionTransformer, {**network, "skip_init": True}, device, dtype, seed)
-        write_transformer_checkpoint({k: v.cpu() for k, v in dit.state_dict().items()}, paths["transformer"])
+        dit_weights = {k: v.cpu() for k, v in dit.state_dict().items()}
         del dit
+        if layout == "diffusers":
+            write_diffusers_component(NameMap(TRANSFORMER_NAMES).to_diffusers(dit_weights), paths["transformer"],
+                                      transformer_config(network), max_shard_bytes)
+        else:
+            write_transformer_checkpoint(dit_weights, paths["transformer"])
+        del dit_weights
     if "vae" in parts:
-        vae = build_random(CogVideoXVAE, OmegaConf.to_container(cfg.model.first_stage_config.params), device,
-                           torch.float32, seed + 1)
-        write_vae_checkpoint({k: v.cpu() for k, v in vae.state_dict().items()}, paths["vae"])
+        vae = build_random(CogVideoXVAE, vae_params, device, torch.float32, seed + 1)
+        vae_weights = {k: v.cpu() for k, v in vae.state_dict().items()}
         del vae
+        if layout == "diffusers":
+            write_diffusers_component(NameMap(VAE_NAMES, levels=len(vae_params["ch_mult"])).to_diffusers(vae_weights),
+                                      paths["vae"], vae_config(vae_params, cfg.model.scale_factor), max_shard_bytes)
+        else:
+            write_vae_checkpoint(vae_weights, paths["vae"])
     if "t5" in parts:
         write_t5_folder(paths["t5"], **t5, dtype=dtype if dtype != torch.float32 else torch.float16, seed=seed + 2,
-                        device=device)
+                        device=device, tokenizer_folder=paths["tokenizer"])
+    if layout == "diffusers":  # model_index.json last: the folder is recognised once it is complete
+        _write_json(os.path.join(paths["root"], "scheduler", "scheduler_config.json"),
+                    scheduler_config(cfg.model.sampler_config.params.shift_scale))
+        _write_json(os.path.join(paths["root"], MODEL_INDEX), model_index())
     return {part: paths[part] for part in parts}
 
 

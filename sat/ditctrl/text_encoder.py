@@ -4,10 +4,12 @@ Everything is read from a local folder, never from the Hugging Face hub. Transfo
 ``T5Tokenizer`` from ``spiece.model`` by converting it to a ``tokenizers`` Unigram model, which needs
 the ``sentencepiece`` and ``protobuf`` packages.
 """
+import os
+
 import torch
 from transformers import T5EncoderModel, T5Tokenizer
 
-from ditctrl.checkpoints import check_t5_folder
+from ditctrl.checkpoints import MissingCheckpointError, check_t5_folder, tokenizer_file
 
 T5_MAX_LENGTH = 226
 
@@ -24,7 +26,9 @@ class T5Tokens:
     """The T5 tokenizer alone (no weights): token ids and pieces, e.g. to check token indices cheaply."""
 
     def __init__(self, folder, max_length=T5_MAX_LENGTH):
-        check_t5_folder(folder)
+        """`folder` holds spiece.model (or tokenizer.json) and the tokenizer's JSON files."""
+        if not os.path.isfile(tokenizer_file(folder)):
+            raise MissingCheckpointError(tokenizer_file(folder))
         self.max_length = max_length
         self.tokenizer = T5Tokenizer.from_pretrained(folder, local_files_only=True)
 
@@ -59,8 +63,10 @@ class T5Tokens:
 class T5TextEncoder(T5Tokens):
     """Tokenizer + frozen ``T5EncoderModel`` from a local folder; ``encode`` gives (B, 226, d_model)."""
 
-    def __init__(self, folder, device="cpu", dtype=torch.float16, max_length=T5_MAX_LENGTH):
-        super().__init__(folder, max_length)
+    def __init__(self, folder, device="cpu", dtype=torch.float16, max_length=T5_MAX_LENGTH, tokenizer_folder=None):
+        """`tokenizer_folder`: where the tokenizer is when not in `folder` (the diffusers layout's tokenizer/)."""
+        check_t5_folder(folder, tokenizer_folder)
+        super().__init__(tokenizer_folder or folder, max_length)
         self.model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
         self.model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)

@@ -1,0 +1,97 @@
+"""Where a run's weights are, in which layout, and checking them all before any model work.
+
+`args.load` names either a diffusers folder (`model_index.json`: every part inside, e.g. the
+`huggingface-cli download THUDM/CogVideoX-2b` folder) or a SAT transformer folder (`latest`; the VAE
+and T5 then come from `model.first_stage_config.ckpt_path` and the conditioner's `model_dir`).
+Relative paths are resolved from the `sat/` folder.
+"""
+import os
+
+import torch
+from omegaconf import OmegaConf
+
+from .checkpoints import (POSITION_TABLE_KEY, MissingCheckpointError, StateDictSource, check_t5_folder, check_t5_weights, model_shapes,
+                          read_transformer_state_dict, read_vae_state_dict, transformer_file)
+from .diffusers_layout import TRANSFORMER_NAMES, VAE_NAMES, DiffusersSource, NameMap, detect_layout, read_model_configs
+from .dit import DiffusionTransformer
+from .vae import CogVideoXVAE
+
+SAT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def weight_path(path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(SAT_DIR, path)
+
+
+def weight_paths(cfg, layout: str | None = None) -> dict:
+    """The run's weight locations (absolute) and `layout`: detected from `args.load` unless given.
+
+    A folder that is not there (yet) counts as the SAT layout; `check_weights` reports it.
+    """
+    load = weight_path(cfg.args.load)
+    layout = layout or detect_layout(load) or "sat"
+    if layout == "diffusers":
+        return {"layout": layout, "root": load, "transformer": os.path.join(load, "transformer"),
+                "vae": os.path.join(load, "vae"), "t5": os.path.join(load, "text_encoder"),
+                "tokenizer": os.path.join(load, "tokenizer")}
+    t5 = weight_path(cfg.model.conditioner_config.params.model_dir)
+    return {"layout": layout, "root": load, "transformer": load,
+            "vae": weight_path(cfg.model.first_stage_config.ckpt_path), "t5": t5, "tokenizer": t5}
+
+
+def transformer_source(paths: dict):
+    """The DiT's tensors under our names: lazily from diffusers safetensors, or the SAT file's state dict."""
+    if paths["layout"] == "diffusers":
+        return DiffusersSource(paths["transformer"], NameMap(TRANSFORMER_NAMES))
+    return StateDictSource(read_transformer_state_dict(paths["transformer"]), transformer_file(paths["transformer"]))
+
+
+def vae_source(paths: dict, vae_params: dict):
+    if paths["layout"] == "diffusers":
+        return DiffusersSource(paths["vae"], NameMap(VAE_NAMES, levels=len(vae_params["ch_mult"])))
+    return StateDictSource(read_vae_state_dict(paths["vae"]), paths["vae"])
+
+
+def _require_files(paths: dict) -> None:
+    """One MissingCheckpointError naming every missing file or folder."""
+    if paths["layout"] == "sat":
+        needed = [os.path.join(paths["transformer"], "latest"), paths["vae"]]
+    else:
+        needed = [os.path.join(paths[part], name) for part, name in
+                  (("transformer", "config.json"), ("vae", "config.json"))]
+        needed.append(os.path.join(paths["root"], "scheduler", "scheduler_config.json"))
+    missing = [path for path in needed if not os.path.isfile(path)]
+    try:
+        check_t5_folder(paths["t5"], paths["tokenizer"])
+    except MissingCheckpointError as error:
+        missing.extend(error.paths)
+    if missing:
+        raise MissingCheckpointError(*missing)
+
+
+def check_weights(cfg) -> dict:
+    """Check every weight file of the run before any model work; return `weight_paths(cfg)`.
+
+    Presence (one error naming every missing path), readability, and the tensor names and shapes against
+    the model the config describes (headers only for safetensors). From a diffusers folder the model's
+    shape, VAE scale factor and SNR shift are first taken into `cfg.model` (see README: what comes from where).
+    """
+    load = weight_path(cfg.args.load)
+    if not os.path.isdir(load):
+        raise MissingCheckpointError(load)
+    if detect_layout(load) is None:
+        raise ValueError(f"{load} is neither a diffusers folder (model_index.json, e.g. from huggingface-cli "
+                         "download THUDM/CogVideoX-2b) nor a SAT transformer folder (latest + <iteration>/)")
+    paths = weight_paths(cfg)
+    _require_files(paths)
+    if paths["layout"] == "diffusers":
+        cfg.model = OmegaConf.merge(cfg.model, read_model_configs(paths["root"]))
+    network = OmegaConf.to_container(cfg.model.network_config.params)
+    vae_params = OmegaConf.to_container(cfg.model.first_stage_config.params)
+    with torch.device("meta"):
+        dit = DiffusionTransformer(**network, skip_init=True)
+        vae = CogVideoXVAE(**vae_params)
+    transformer_source(paths).check(model_shapes(dit), "transformer", ignore={POSITION_TABLE_KEY})
+    vae_source(paths, vae_params).check(model_shapes(vae), "VAE")
+    check_t5_weights(paths["t5"])
+    return paths

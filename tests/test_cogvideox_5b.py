@@ -1,0 +1,80 @@
+"""CogVideoX-5B: config selection, FLOPs, and a tiny 5B-shaped mask-guided run through an entry script."""
+import os
+import subprocess
+
+import imageio.v3 as iio
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import benchmark
+import sample_video
+from ditctrl.attention.kernels import set_backend
+from ditctrl.config import CONFIG_DIR, INFERENCE_CONFIG, load_config, tiny_config_for
+from ditctrl.flops import DiTSize, forward_flops
+from tiny_models import SMALL_DIT, small_dit
+
+REPO = os.path.dirname(CONFIG_DIR)
+MODEL_5B = os.path.join(CONFIG_DIR, "cogvideox_5b.yaml")
+
+
+def test_5b_config_keeps_its_defaults_after_inference_yaml():
+    """The run scripts pass `--base <model> configs/inference.yaml`; the model's own args defaults still hold."""
+    cfg = load_config([MODEL_5B, INFERENCE_CONFIG], require_prompts=False)
+    network = cfg.model.network_config.params
+    assert (network.num_layers, network.hidden_size, network.num_attention_heads) == (42, 3072, 48)
+    assert network.rotary_position_embedding
+    assert (cfg.model.scale_factor, cfg.model.sampler_config.params.shift_scale) == (0.7, 1.0)
+    assert (cfg.args.bf16, cfg.args.fp16, cfg.args.load) == (True, False, "CogVideoX-5b")
+    assert (cfg.args.start_layer, cfg.args.end_layer) == (35, 42)
+    assert load_config([MODEL_5B, INFERENCE_CONFIG], overrides=["args.start_layer=30"],
+                       require_prompts=False).args.start_layer == 30
+
+
+def test_tiny_follows_the_model():
+    assert tiny_config_for([MODEL_5B, INFERENCE_CONFIG]) == os.path.join(CONFIG_DIR, "cogvideox_5b_tiny.yaml")
+    assert tiny_config_for([os.path.join(CONFIG_DIR, "cogvideox_2b.yaml")]) == os.path.join(CONFIG_DIR,
+                                                                                              "cogvideox_tiny.yaml")
+    tiny = load_config([MODEL_5B, INFERENCE_CONFIG, tiny_config_for([MODEL_5B])], require_prompts=False)
+    assert tiny.model.network_config.params.num_layers == 42 and tiny.model.network_config.params.hidden_size == 64
+    assert (tiny.args.fp16, tiny.args.bf16) == (False, False)
+
+
+def test_tiny_5b_mask_guided_multi_prompt_run(tmp_path, monkeypatch):
+    """Mask-guided KV-sharing (maps, masks and shared keys) at every step, the last layer included."""
+    monkeypatch.chdir(REPO)
+    sample_video.main(["--base", MODEL_5B, INFERENCE_CONFIG, "--custom-config",
+                       "inference_case_configs/multi_prompts/horse_beach_snow.yaml", "--tiny",
+                       "model.sampler_config.params.num_steps=2", "args.start_step=0", "args.num_transition_blocks=0",
+                       f"args.output_dir={tmp_path}"])
+    assert iio.imread(tmp_path / "MultiPrompt_frames65.mp4").shape == (65, 32, 48, 3)
+    assert sorted(p.name for p in (tmp_path / "attn_map" / "segment0").glob("mask_s_*")) == [
+        f"mask_s_step{step}_layer{layer}_all_frames.png" for step in (0, 1) for layer in range(35, 42)]
+
+
+def test_5b_forward_flops_equal_the_hand_count_and_torch_flop_counter():
+    size = DiTSize.from_network_params(load_config([MODEL_5B], require_prompts=False).model.network_config.params)
+    n, d = 226 + 13 * 30 * 45, 3072
+    by_hand = 42 * (2 * n * 12 * d * d + 4 * n * n * d)  # per layer: QKV, output, MLP; QKᵀ and PV
+    assert forward_flops(size, 13) == pytest.approx(by_hand, rel=1e-4)  # + embeddings, adaLN, final layer
+    assert forward_flops(size, 13) / 1e12 == pytest.approx(332.2, abs=0.05)
+    assert benchmark.full_size_flops()[0]["5b"]["tflop_per_forward"] == pytest.approx(4 * 332.2, abs=0.2)
+
+    small = {**SMALL_DIT, "rotary_position_embedding": True}
+    model = small_dit(**small)
+    latents = torch.randn(2, 3, 16, small["latent_height"], small["latent_width"])
+    context = torch.randn(2, small["text_length"], small["text_hidden_size"])
+    set_backend("math")  # the counter sees the math kernel's matmuls
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(latents, torch.tensor([999.0, 500.0]), context)
+    finally:
+        set_backend("auto")
+    assert counter.get_total_flops() == forward_flops(DiTSize.from_network_params(small), 3, 2)
+
+
+def test_run_script_refuses_an_unknown_model():
+    result = subprocess.run(["bash", "run_multi_prompt.sh", "--model", "7b", "--tiny"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: unknown model '7b' (--model); choices: 2b, 5b"

@@ -1,0 +1,235 @@
+"""The diffusers folder layout: tiny models saved by diffusers' and transformers' own `save_pretrained`
+load through our reader and give bitwise the latents of the same weights in the SAT layout."""
+import json
+import os
+import re
+import shutil
+
+import pytest
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from transformers import T5EncoderModel, T5Tokenizer
+
+import sample_video
+from diffusers_transformer_reference import sat_to_diffusers
+from diffusers_vae_reference import diffusers_vae_from_sat
+from ditctrl.attention import build_controller
+from ditctrl.checkpoints import MissingCheckpointError, read_transformer_state_dict, read_vae_state_dict
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
+from ditctrl.diffusers_layout import TRANSFORMER_NAMES, VAE_NAMES, NameMap
+from ditctrl.generation import encode_prompt_sets, sample_clip, sample_long
+from ditctrl.multi_prompt import long_noise
+from ditctrl.pipeline import Pipeline, check_weights, weight_paths
+from ditctrl.segment_layout import segment_layout
+from ditctrl.synthetic_checkpoint import write_synthetic_checkpoints
+
+STEPS = 3
+PROMPTS = ["a red car on a street", "a blue car on a street"]
+
+
+def tiny_config(load, sat_folder):
+    return load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], overrides=[
+        f"args.load={load}", f"model.first_stage_config.ckpt_path={sat_folder}/vae/3d-vae.pt",
+        f"model.conditioner_config.params.model_dir={sat_folder}/t5-v1_1-xxl",
+        f"model.sampler_config.params.num_steps={STEPS}", "args.start_step=1", "args.start_layer=20",
+        "args.sampling_num_frames=5", "args.overlap_size=3",
+    ], require_prompts=False)
+
+
+def save_with_diffusers(cfg, folder):
+    """The SAT-layout weights of `cfg`, saved by CogVideoXPipeline.save_pretrained in small shards."""
+    paths = weight_paths(cfg)
+    network = cfg.model.network_config.params
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=network.num_attention_heads, attention_head_dim=network.hidden_size // network.num_attention_heads,
+        time_embed_dim=network.time_embed_dim, text_embed_dim=network.text_hidden_size, num_layers=network.num_layers,
+        sample_width=network.latent_width, sample_height=network.latent_height, sample_frames=network.num_frames,
+        max_text_seq_length=network.text_length)
+    transformer.load_state_dict(sat_to_diffusers(read_transformer_state_dict(paths["transformer"]), network.hidden_size),
+                                strict=True)
+    vae_params = cfg.model.first_stage_config.params
+    vae = diffusers_vae_from_sat(read_vae_state_dict(paths["vae"]), vae_params.ch, vae_params.ch_mult,
+                                 vae_params.num_res_blocks)
+    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                       timestep_spacing="trailing", clip_sample=False, snr_shift_scale=3.0)
+    pipeline = CogVideoXPipeline(
+        tokenizer=T5Tokenizer.from_pretrained(paths["t5"]), scheduler=scheduler, vae=vae, transformer=transformer,
+        text_encoder=T5EncoderModel.from_pretrained(paths["t5"], dtype=torch.float16))
+    pipeline.save_pretrained(folder, max_shard_size="2MB")
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("layouts")
+    sat_cfg = tiny_config(root / "sat" / "transformer", root / "sat")
+    write_synthetic_checkpoints(sat_cfg)
+    save_with_diffusers(sat_cfg, root / "hf")
+    return root, sat_cfg, tiny_config(root / "hf", root / "sat")
+
+
+def test_pipeline_save_pretrained_shards_the_parts(layouts):
+    root = layouts[0]
+    for part in ("transformer", "vae"):
+        index = json.loads((root / "hf" / part / "diffusion_pytorch_model.safetensors.index.json").read_text())
+        assert len(set(index["weight_map"].values())) > 1
+    assert (root / "hf" / "text_encoder" / "model.safetensors.index.json").is_file()
+
+
+def test_folder_configs_give_the_model_shape_of_the_sat_config(layouts):
+    _, sat_cfg, hf_cfg = layouts
+    paths = check_weights(hf_cfg)
+    assert paths["layout"] == "diffusers"
+    assert check_weights(sat_cfg)["layout"] == "sat"
+    for section in ("network_config", "first_stage_config", "sampler_config"):
+        assert OmegaConf.to_container(hf_cfg.model[section]) == OmegaConf.to_container(sat_cfg.model[section])
+    assert hf_cfg.model.scale_factor == sat_cfg.model.scale_factor
+
+
+@pytest.mark.parametrize("names, levels", [(TRANSFORMER_NAMES, 0), (VAE_NAMES, 4)])
+def test_name_map_round_trips(layouts, names, levels):
+    """ours -> diffusers (the writer) -> ours (the reader) is the identity, and equals the test-only converter."""
+    paths = weight_paths(layouts[1])
+    ours = (read_transformer_state_dict(paths["transformer"]) if levels == 0 else read_vae_state_dict(paths["vae"]))
+    name_map = NameMap(names, levels)
+    theirs = name_map.to_diffusers(ours)
+    if levels == 0:
+        reference = sat_to_diffusers(ours, layouts[1].model.network_config.params.hidden_size)
+        assert sorted(theirs) == sorted(reference) and all(torch.equal(theirs[k], reference[k]) for k in reference)
+    for key, value in ours.items():
+        assert torch.equal(name_map.from_diffusers(key, theirs.__getitem__), value), key
+
+
+def encoded(cfg):
+    """The pipeline with its DiT loaded and the prompts' T5 features (P, L, D)."""
+    pipeline = Pipeline(cfg, "cpu")
+    embeds, = encode_prompt_sets(pipeline, [PROMPTS])
+    pipeline.load_dit()
+    return pipeline, embeds
+
+
+def multi_prompt_latent(cfg):
+    args = cfg.args
+    layout = segment_layout(len(PROMPTS), args.sampling_num_frames, args.overlap_size, args.num_transition_blocks,
+                            args.longer_mid_segment)
+    with torch.no_grad():
+        pipeline, embeds = encoded(cfg)
+        network = cfg.model.network_config.params
+        noise = long_noise(layout, args.latent_channels, network.latent_height, network.latent_width, args.seed)
+        torch.manual_seed(args.seed)
+        return sample_long(pipeline, layout, embeds, build_controller("KVSharingAdaLNMixin", args, args.output_dir),
+                           noise)
+
+
+def edit_latent(cfg):
+    args, network = cfg.args, cfg.model.network_config.params
+    with torch.no_grad():
+        pipeline, embeds = encoded(cfg)
+        noise = torch.randn(1, args.sampling_num_frames, args.latent_channels, network.latent_height,
+                            network.latent_width, generator=torch.Generator().manual_seed(args.seed))
+        torch.manual_seed(args.seed)
+        return sample_clip(pipeline, embeds, build_controller("KVSharingAdaLNMixin", args, args.output_dir), noise)
+
+
+@pytest.mark.parametrize("run", [multi_prompt_latent, edit_latent])
+def test_diffusers_folder_gives_bitwise_the_sat_latents(layouts, run):
+    _, sat_cfg, hf_cfg = layouts
+    check_weights(sat_cfg)
+    check_weights(hf_cfg)
+    want, got = run(sat_cfg), run(hf_cfg)
+    assert want.abs().max() > 0.1
+    assert torch.equal(got, want)
+
+
+def broken_copy(layouts, tmp_path):
+    folder = tmp_path / "hf"
+    shutil.copytree(layouts[0] / "hf", folder)
+    return folder, tiny_config(folder, layouts[0] / "sat")
+
+
+def edit_json(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("part, changes, message", [
+    ("transformer/config.json", {"in_channels": 32}, "an image-to-video checkpoint"),
+    ("transformer/config.json", {"use_learned_positional_embeddings": True}, "an image-to-video checkpoint"),
+    ("transformer/config.json", {"patch_size_t": 2}, "a CogVideoX1.5 checkpoint"),
+    ("model_index.json", {"_class_name": "CogVideoXImageToVideoPipeline"}, "an image-to-video pipeline"),
+    ("scheduler/scheduler_config.json", {"prediction_type": "epsilon"}, "prediction_type = 'epsilon'"),
+])
+def test_unsupported_models_are_refused_naming_the_file(layouts, tmp_path, part, changes, message):
+    folder, cfg = broken_copy(layouts, tmp_path)
+    edit_json(folder / part, **changes)
+    with pytest.raises(ValueError, match=re.escape(f"{folder / part}: ") + ".*" + re.escape(message)) as error:
+        check_weights(cfg)
+    assert "supported: CogVideoX-2b and CogVideoX-5b text-to-video" in str(error.value)
+
+
+def test_missing_shard_is_named(layouts, tmp_path):
+    folder, cfg = broken_copy(layouts, tmp_path)
+    shard = sorted((folder / "transformer").glob("*-00002-of-*.safetensors"))[0]
+    shard.unlink()
+    with pytest.raises(MissingCheckpointError, match=re.escape(str(shard))):
+        check_weights(cfg)
+
+
+def test_shard_with_a_wrong_shape_is_named(layouts, tmp_path):
+    folder, cfg = broken_copy(layouts, tmp_path)
+    shard = sorted((folder / "vae").glob("*.safetensors"))[0]
+    tensors = load_file(shard)
+    name = sorted(tensors)[0]
+    tensors[name] = torch.zeros(3, 1)
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=re.escape(f"VAE checkpoint does not fit the model: 1 shape mismatches, "
+                                                   f"file vs model ({name} (3, 1) vs ") + r".*" + re.escape(str(shard))):
+        check_weights(cfg)
+
+
+def test_folder_of_neither_layout_is_refused(layouts, tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "notes.txt").write_text("")
+    cfg = tiny_config(tmp_path / "weights", layouts[0] / "sat")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'weights'} is neither a diffusers folder")):
+        check_weights(cfg)
+
+
+def test_writer_writes_a_5b_diffusers_folder_that_diffusers_and_the_sat_layout_agree_on(tmp_path):
+    """Our writer's diffusers folder: diffusers loads it as the same weights; our two layouts load the same DiT."""
+    base = [os.path.join(os.path.dirname(MODEL_CONFIG), name) for name in ("cogvideox_5b.yaml", "cogvideox_5b_tiny.yaml")]
+    overrides = [f"model.first_stage_config.ckpt_path={tmp_path}/sat/vae/3d-vae.pt",
+                 f"model.conditioner_config.params.model_dir={tmp_path}/sat/t5"]
+    hf_cfg = load_config(base, overrides=[f"args.load={tmp_path}/hf", *overrides], require_prompts=False)
+    sat_cfg = load_config(base, overrides=[f"args.load={tmp_path}/sat/transformer", *overrides], require_prompts=False)
+    write_synthetic_checkpoints(hf_cfg, layout="diffusers", max_shard_bytes=200_000)
+    write_synthetic_checkpoints(sat_cfg)
+    declared = OmegaConf.to_container(hf_cfg.model)
+
+    assert check_weights(hf_cfg)["layout"] == "diffusers"
+    assert OmegaConf.to_container(hf_cfg.model) == declared  # the folder's configs say what the config says
+    assert len(list((tmp_path / "hf" / "transformer").glob("*.safetensors"))) > 1
+    sat = read_transformer_state_dict(tmp_path / "sat" / "transformer")
+    transformer = CogVideoXTransformer3DModel.from_pretrained(tmp_path / "hf" / "transformer")
+    assert transformer.config.use_rotary_positional_embeddings and transformer.config.num_layers == 42
+    reference = sat_to_diffusers(sat, hf_cfg.model.network_config.params.hidden_size)
+    assert all(torch.equal(value, reference[key]) for key, value in transformer.state_dict().items())
+    vae = AutoencoderKLCogVideoX.from_pretrained(tmp_path / "hf" / "vae")
+    assert vae.config.scaling_factor == 0.7
+    vae_params = hf_cfg.model.first_stage_config.params
+    want = diffusers_vae_from_sat(read_vae_state_dict(tmp_path / "sat" / "vae" / "3d-vae.pt"), vae_params.ch,
+                                  vae_params.ch_mult, vae_params.num_res_blocks).state_dict()
+    assert all(torch.equal(value, want[key]) for key, value in vae.state_dict().items())
+
+
+def test_entry_script_refuses_an_image_to_video_folder_before_model_work(layouts, tmp_path, capsys):
+    folder, _ = broken_copy(layouts, tmp_path)
+    edit_json(folder / "transformer" / "config.json", in_channels=32)
+    with pytest.raises(SystemExit) as stop:
+        sample_video.main(["--base", MODEL_CONFIG, "--prompts", "a cat", "--", f"args.load={folder}",
+                           f"args.output_dir={tmp_path / 'out'}"])
+    assert stop.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"error: {folder / 'transformer' / 'config.json'}: "
+                                                     "an image-to-video checkpoint")
+    assert not (tmp_path / "out").exists()
