@@ -168,6 +168,7 @@ class Pipeline:
     def load_dit(self) -> None:
         self.dit = build_transformer(self.network_params, read_transformer_state_dict(weight_paths(self.cfg)["transformer"]),
                                      self.device, self.dtype)
+        self.dit.compile_elementwise(self.args.compile_dit)
 
     def load_vae(self) -> None:
         self.vae = build_vae_decoder(self.cfg, "cpu" if self.offload else self.device, self.dtype)
