@@ -52,6 +52,7 @@ from ditctrl.dit import DiffusionTransformer  # noqa: E402
 from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
 from ditctrl.generation import encode_prompt_sets, load_sampling_models, sample_clip, sample_long  # noqa: E402
+from ditctrl.kernel_profile import profile_device_time  # noqa: E402
 from ditctrl.multi_prompt import long_noise, row_layer_count  # noqa: E402
 from ditctrl.output_files import write_text  # noqa: E402
 from ditctrl.pipeline import Pipeline, build_transformer, run_dtype, weight_paths  # noqa: E402
@@ -185,15 +186,21 @@ class Benchmark:
         return long_noise(self.layout, self.args.latent_channels, self.size.latent_height, self.size.latent_width,
                           self.args.seed)
 
-    def forward(self) -> tuple[dict, list]:
-        """Section 1: one batch-4 DiT forward per controller, median of the repeats after one warm-up."""
-        size, tile, device = self.size, self.layout.tile, self.clock.device
+    def forward_inputs(self) -> tuple:
+        """latents (4, T, C, H, W), timesteps (4,), context (4, L, D) of the forward section, on the device."""
+        size, device = self.size, self.clock.device
         generator = torch.Generator(device).manual_seed(0)
-        latents = torch.randn(FORWARD_BATCH, tile, size.in_channels, size.latent_height, size.latent_width,
-                              generator=generator, device=device)
+        latents = torch.randn(FORWARD_BATCH, self.layout.tile, size.in_channels, size.latent_height,
+                              size.latent_width, generator=generator, device=device)
         context = torch.randn(FORWARD_BATCH, size.text_length, size.text_hidden_size, generator=generator,
                               device=device)
-        timesteps = torch.full((FORWARD_BATCH,), 500.0, device=device)
+        return latents, torch.full((FORWARD_BATCH,), 500.0, device=device), context
+
+    def forward(self, plain_only: bool = False) -> tuple[dict, list]:
+        """Section 1: one batch-4 DiT forward per controller (or plain attention only), median of the repeats after
+        one warm-up."""
+        size, tile = self.size, self.layout.tile
+        latents, timesteps, context = self.forward_inputs()
         every_layer = ControlSchedule(frozenset({0}), frozenset(range(size.num_layers)))
         controllers = {
             "plain": AttentionController(),
@@ -201,6 +208,8 @@ class Benchmark:
             "mask_guided": MaskGuidedKVSharing(every_layer, self.args.thres, self.args.ref_token_idx,
                                                self.args.cur_token_idx),
         }
+        if plain_only:
+            controllers = {"plain": controllers["plain"]}
         flops = forward_flops(size, tile, FORWARD_BATCH)
         results, lines = {}, []
         for name, controller in controllers.items():
@@ -213,6 +222,15 @@ class Benchmark:
             lines.append(f"forward  {name:<12} {ms:9.1f} ms   {results[name]['tflop_per_s']:9.3g} TFLOP/s   "
                          f"peak {memory['peak_gib']:.2f} GiB")
         self.dit.set_controller(AttentionController())
+        settings = {"batch": FORWARD_BATCH, "latent_frames": tile, "tokens": size.sequence_length(tile),
+                    "latent_grid": [size.latent_height, size.latent_width], "text_length": size.text_length,
+                    "warmup": 1,
+                    "repeats": self.repeats, "controlled": "step 0, every layer (KV-sharing and mask-guided)",
+                    "kv_sharing_kernel": "one batched SDPA call over the 4 rows, targets with their source's K/V",
+                    "tflop_per_forward": flops / 1e12,
+                    "tflop_per_s_note": "the plain forward's FLOPs divided by each controller's time"}
+        if plain_only:
+            return {"settings": settings, **results}, lines
         mask, kv = results["mask_guided"], results["kv_sharing"]
         comparison = {"time_ratio": mask["ms_per_forward"] / kv["ms_per_forward"], "time_target": TIME_TARGET,
                       "peak_memory_ratio": ratio(mask["peak_gib"], kv["peak_gib"]) if self.clock.cuda else None,
@@ -221,13 +239,6 @@ class Benchmark:
         lines.append(f"forward  mask-guided / KV-sharing: time {comparison['time_ratio']:.2f}x (target <= "
                      f"{TIME_TARGET}), peak memory {format_ratio(comparison['peak_memory_ratio'])}, memory above "
                      f"the inputs {format_ratio(comparison['activation_memory_ratio'])} (target <= {MEMORY_TARGET})")
-        settings = {"batch": FORWARD_BATCH, "latent_frames": tile, "tokens": size.sequence_length(tile),
-                    "latent_grid": [size.latent_height, size.latent_width], "text_length": size.text_length,
-                    "warmup": 1,
-                    "repeats": self.repeats, "controlled": "step 0, every layer (KV-sharing and mask-guided)",
-                    "kv_sharing_kernel": "one batched SDPA call over the 4 rows, targets with their source's K/V",
-                    "tflop_per_forward": flops / 1e12,
-                    "tflop_per_s_note": "the plain forward's FLOPs divided by each controller's time"}
         return {"settings": settings, **results, "mask_guided_vs_kv_sharing": comparison}, lines
 
     def _time_forward(self, latents, timesteps, context) -> tuple[list, dict]:
@@ -312,6 +323,8 @@ class Benchmark:
 GPU_CHECK_T5_BLOCKS = 2  # of t5-v1_1-xxl's 24, at full width, with the synthetic tokenizer's 1100-id vocabulary
 GPU_CHECK_T5_VOCAB = 1100
 DECODE_WINDOW_FRAMES = 13  # latent frames of one window: 49 video frames
+PLAIN_ONLY_BACKENDS = ("efficient",)  # about 2x slower than cuDNN and Flash on an H100/H200: plain forward only
+COMPILED_ROSE_MIN_GAIN = 0.05  # rose is timed with the compiled DiT only when it makes the forward this much faster
 FULL_SIZE_MATH_NOTE = "math not timed at full size: it builds the 4 x heads x N x N scores (about 75 GB in fp16)"
 
 
@@ -380,7 +393,7 @@ def forward_on_every_backend(bench, full_size: bool) -> tuple[dict, list]:
     for name in offered:
         set_backend(name)
         try:
-            results[name], backend_lines = bench.forward()
+            results[name], backend_lines = bench.forward(plain_only=name in PLAIN_ONLY_BACKENDS)
             lines += [f"[{name}] {line}" for line in backend_lines]
         except Exception as error:  # noqa: BLE001 - one backend failing must not hide the others
             failed[name] = f"{type(error).__name__}: {error}"
@@ -395,6 +408,87 @@ def forward_on_every_backend(bench, full_size: bool) -> tuple[dict, list]:
         lines.append(f"forward  fastest SDPA backend (plain forward): {results['winner']}")
     results["failed"] = failed
     return results, lines
+
+
+def winning_backend(results: dict) -> str:
+    """The fastest plain-forward SDPA backend of the forward section (which must have run)."""
+    if "winner" not in results.get("forward", {}):
+        raise RuntimeError("needs the forward section's fastest backend, and the forward section did not time one")
+    return results["forward"]["winner"]
+
+
+def compiled_forward_section(bench, results: dict) -> tuple[dict, list]:
+    """The plain batch-4 forward with the blocks' element-wise steps compiled (`args.compile_dit`), on the fastest
+    backend, against its eager time: the first call compiles (the warm-up), then `repeats` timed calls."""
+    backend = winning_backend(results)
+    eager_ms = results["forward"][backend]["plain"]["ms_per_forward"]
+    latents, timesteps, context = bench.forward_inputs()
+    set_backend(backend)
+    bench.dit.compile_elementwise(True)
+    try:
+        start = bench.clock.now()
+        bench.dit(latents, timesteps, context, step=0, pair=0)
+        first_call = bench.clock.now() - start
+        seconds, memory = bench._time_forward(latents, timesteps, context)
+    finally:
+        bench.dit.compile_elementwise(False)
+        set_backend(bench.args.attention_backend)
+    ms = 1000 * statistics.median(seconds)
+    flops = forward_flops(bench.size, bench.layout.tile, FORWARD_BATCH)
+    result = {"backend": backend, "ms_per_forward": ms, "ms_all": [1000 * s for s in seconds],
+              "tflop_per_s": flops / (ms / 1000) / 1e12, "eager_ms_per_forward": eager_ms,
+              "speedup": eager_ms / ms, "compile_seconds": first_call - ms / 1000, "peak_gib": memory["peak_gib"],
+              "settings": {"compiled": "torch.compile(dynamic=False, fullgraph=True) of the element-wise steps",
+                           "warmup": "the first (compiling) call and one more", "repeats": bench.repeats}}
+    return result, [f"forward  [{backend}] plain compiled {ms:9.1f} ms   {result['tflop_per_s']:9.3g} TFLOP/s   "
+                    f"eager {eager_ms:.1f} ms: {result['speedup']:.3f}x; compiling took "
+                    f"{result['compile_seconds']:.1f} s; peak {memory['peak_gib']:.2f} GiB"]
+
+
+def profile_section(bench, results: dict) -> tuple[dict, list]:
+    """One eager plain batch-4 forward on the fastest backend under torch.profiler: the shares of attention
+    kernels, GEMMs and everything else in the device time, and the longest kernels."""
+    backend = winning_backend(results)
+    latents, timesteps, context = bench.forward_inputs()
+    set_backend(backend)
+    try:
+        result = profile_device_time(lambda: bench.dit(latents, timesteps, context, step=0, pair=0), bench.clock.cuda)
+    finally:
+        set_backend(bench.args.attention_backend)
+    shares = result["shares"]
+    lines = [f"profile  [{backend}] eager plain forward, {result['measured']}: {result['total_ms']:.1f} ms; "
+             + ", ".join(f"{kind} {share:.1%}" for kind, share in shares.items() if share is not None)]
+    lines += [f"profile    {kernel['share']:6.1%} {kernel['ms']:8.2f} ms  {kernel['kind']:<9} {kernel['name'][:90]}"
+              for kernel in result["top_kernels"]]
+    return {"backend": backend, **result}, lines
+
+
+def compiled_rose_section(bench, results: dict) -> tuple[dict, list]:
+    """The rose case work-shared with the compiled DiT, when the compiled forward gained more than
+    COMPILED_ROSE_MIN_GAIN: one run that compiles every batch shape the run meets, then one timed run."""
+    speedup = results.get("forward_compiled", {}).get("speedup")
+    if speedup is None or speedup < 1 + COMPILED_ROSE_MIN_GAIN:
+        note = (f"not run: the compiled forward's speedup ({'none measured' if speedup is None else f'{speedup:.3f}x'})"
+                f" is below {1 + COMPILED_ROSE_MIN_GAIN:.2f}x")
+        return {"note": note}, [f"rose     compiled share_work {note}"]
+    runs = []
+    bench.dit.compile_elementwise(True)
+    try:
+        for _ in range(2):
+            runs.append([])
+            torch.manual_seed(bench.args.seed)
+            sample_long(bench.pipeline, bench.layout, bench.embeds, KVSharing(bench.kv_schedule), bench.noise(), True,
+                        MAX_BATCH_WINDOWS, bench.clock.step_timer(runs[-1]))
+    finally:
+        bench.dit.compile_elementwise(False)
+        bench.dit.set_controller(AttentionController())
+    seconds = runs[1]
+    result = step_times(seconds, bench._rose_row_layers(len(seconds), True), bench._rose_row_layers(FULL_STEPS, True))
+    eager = bench.rose_run(share_work=True)["seconds"]
+    result.update(first_run_seconds_with_compiling=sum(runs[0]), eager_seconds_per_step=statistics.mean(eager),
+                  speedup=statistics.mean(eager) / result["seconds_per_step"])
+    return result, [step_line("rose", "shared+comp", result)
+                    + f"   {result['speedup']:.3f}x eager; the compiling run took {sum(runs[0]):.1f} s"]
 
 
 def decode_window_section(bench) -> tuple[dict, list]:
@@ -435,6 +529,7 @@ def gpu_check(options) -> dict:
         "attention_backend": cfg.args.attention_backend,
         "weights": "random, made directly on the device (no checkpoint files)"}}
     lines, failures = [], {}
+    results["failures"], results["summary"] = failures, lines
 
     def section(name, call):
         print(f"gpu-check {name} ...", flush=True)
@@ -445,6 +540,8 @@ def gpu_check(options) -> dict:
             failures[name] = f"{type(error).__name__}: {error}"
             lines.append(f"{name:<8} FAILED: {failures[name]}")
             traceback.print_exc()
+        release_cached_memory(bench.clock)
+        write_text(options.out, json.dumps(results, indent=2))  # what ran so far survives a later timeout
 
     with torch.no_grad():
         try:
@@ -457,11 +554,11 @@ def gpu_check(options) -> dict:
             section("encode", lambda: encode_section(bench))
             section("forward", lambda: forward_on_every_backend(bench, not options.tiny))
             section("rose", bench.rose)
-            release_cached_memory(bench.clock)
             section("decode", lambda: decode_window_section(bench))
             section("memory", lambda: memory_summary(results, bench))
-    results["failures"] = failures
-    results["summary"] = lines
+            section("profile", lambda: profile_section(bench, results))
+            section("forward_compiled", lambda: compiled_forward_section(bench, results))
+            section("rose_compiled", lambda: compiled_rose_section(bench, results))
     write_text(options.out, json.dumps(results, indent=2))
     settings = results["settings"]
     print(f"\ngpu check: {settings['size']} size, {settings['device']}, {settings['dtype']}, "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Check a CUDA machine in one command (about 4 minutes of GPU work on an H100):
+# Check a CUDA machine in one command (about 4-5 minutes of GPU work on an H100/H200):
 #   bash sat/gpu_check.sh [OUTDIR]              the CUDA tests, then a quick full-size benchmark whose random
 #                                               weights are made on the GPU (no checkpoint written)
 #   bash sat/gpu_check.sh --dry-run [OUTDIR]    the same script on the CPU: tests in bf16, tiny benchmark
@@ -33,7 +33,7 @@ timeout 300 python3 -m pytest -q -m cuda tests/test_cuda.py -rs -p no:cacheprovi
 TESTS_STATUS=${PIPESTATUS[0]}
 
 echo "== benchmark (random weights made on the device)"
-timeout 300 python3 sat/benchmark.py --gpu-check "${BENCHMARK[@]}" --out "$OUTDIR/benchmark.json" 2>&1 \
+timeout 420 python3 sat/benchmark.py --gpu-check "${BENCHMARK[@]}" --out "$OUTDIR/benchmark.json" 2>&1 \
   | tee "$OUTDIR/benchmark.log"
 BENCHMARK_STATUS=${PIPESTATUS[0]}
 

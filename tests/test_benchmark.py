@@ -10,6 +10,7 @@ import benchmark
 from ditctrl.attention import kernels
 from ditctrl.attention.kernels import set_backend
 from ditctrl.config import MODEL_CONFIG
+from ditctrl import kernel_profile
 from ditctrl.flops import (DiTSize, attention_flops_per_layer, forward_flops, layer_flops, linear_flops_per_layer,
                            run_flops)
 from ditctrl.multi_prompt import row_layer_count
@@ -132,3 +133,25 @@ def test_tiny_cpu_run_writes_every_promised_number(tmp_path, one_thread, monkeyp
     assert set(memory["phases_gib"]) == {"t5_encode_then_dit_load", "sampling", "vae_decode"}
     assert all(positive(gib) for gib in memory["phases_gib"].values())
     assert memory["max_gib"] == max(memory["phases_gib"].values())
+
+
+def test_kernel_time_shares_by_kind_on_real_kernel_names():
+    """Kernel names as an H100/H200 profile shows them; the shares and the ranking counted by hand."""
+    microseconds = {
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64_4x1x1_kernel0_0": 500.0,
+        "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4, false>>(Flash_fwd_params)": 50.0,
+        "fmha_cutlassF_f16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel<cutlass::half_t>::Params)": 50.0,
+        "nvjet_hsh_256x128_64x4_2x1_v_bz_coopA_NNN": 200.0,
+        "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel": 50.0,
+        "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::Half, float>(int, float)": 100.0,
+        "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>(int)": 30.0,
+        "Memcpy DtoD (Device -> Device)": 20.0,
+        "aten::addmm": 0.0,
+    }
+    report = kernel_profile.time_shares(microseconds)
+    assert report["total_ms"] == pytest.approx(1.0)
+    assert report["shares"] == pytest.approx({"attention": 0.6, "gemm": 0.25, "other": 0.15})
+    top = report["top_kernels"]
+    assert len(top) == kernel_profile.TOP_KERNELS
+    assert [kernel["ms"] for kernel in top] == pytest.approx([0.5, 0.2, 0.1, 0.05, 0.05, 0.05, 0.03, 0.02])
+    assert [kernel["kind"] for kernel in top[:3]] == ["attention", "gemm", "other"]

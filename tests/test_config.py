@@ -32,7 +32,7 @@ REFERENCE_DEFAULTS = {
 ADDED_DEFAULTS = {
     "prompts": None, "bf16": False, "device": "auto", "reweight_kv_switch_step": 2, "reweight_additive": False,
     "attention_backend": "auto",
-    "share_unshared_work": True, "offload": False, "vae_chunked_decode": True,
+    "share_unshared_work": True, "offload": False, "vae_chunked_decode": True, "compile_dit": False,
     "attn_map_token_idx": [0, 1, 2, 3, 4, 5],
 }
 ONE_PROMPT = 'args.prompts=["a cat on a sofa"]'

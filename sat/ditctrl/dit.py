@@ -20,6 +20,8 @@ from torch import nn
 from sat.model.base_model import BaseMixin, BaseModel
 from sat.mpu import copy_to_model_parallel_region
 
+from . import block_elementwise
+from .block_elementwise import modulate
 from .attention import AttentionController
 from .position_embedding import rotary_3d, rotate_pairs, sincos_3d
 
@@ -30,11 +32,6 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
     args = timesteps.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (B, n, d) * (1 + scale) + shift, with (B, d) shift/scale broadcast over tokens."""
-    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
 
 
 class PositionEmbedding3DMixin(BaseMixin):
@@ -127,6 +124,7 @@ class AdaLNMixin(BaseMixin):
             nn.LayerNorm(head_dim, eps=1e-6, elementwise_affine=elementwise_affine) for _ in range(num_layers))
         self.controller = AttentionController()
         self.rotate = None  # (q, k, text_length, token_grid) -> rotated q, k; set for a rotary position embedding
+        self.elementwise = block_elementwise.EAGER  # or block_elementwise.compiled() (`compile_elementwise`)
 
     def layer_forward(self, hidden_states, mask, *args, **kw):
         index = int(kw["layer_id"])
@@ -135,36 +133,26 @@ class AdaLNMixin(BaseMixin):
         (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
          t_shift_msa, t_scale_msa, t_gate_msa, t_shift_mlp, t_scale_mlp, t_gate_mlp) = \
             self.adaLN_modulations[index](kw["emb"]).chunk(12, dim=1)
-
-        text, video = hidden_states[:, :text_length], hidden_states[:, text_length:]
-        ln1 = layer.input_layernorm
-        normed = torch.cat([
-            modulate(F.layer_norm(text, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps), t_shift_msa, t_scale_msa),
-            modulate(F.layer_norm(video, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps), shift_msa, scale_msa),
-        ], dim=1)
+        steps = self.elementwise
+        ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
+        normed = steps.pre_attention(hidden_states, text_length, ln1.weight, ln1.bias, ln1.eps,
+                                     t_shift_msa, t_scale_msa, shift_msa, scale_msa)
         attended = self.attention(normed, layer.attention, index, text_length, kw["token_grid"])
-        text = text + t_gate_msa.unsqueeze(1) * attended[:, :text_length]
-        video = video + gate_msa.unsqueeze(1) * attended[:, text_length:]
-
-        ln2 = layer.post_attention_layernorm
-        normed = torch.cat([
-            modulate(F.layer_norm(text, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps), t_shift_mlp, t_scale_mlp),
-            modulate(F.layer_norm(video, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps), shift_mlp, scale_mlp),
-        ], dim=1)
+        hidden, normed = steps.post_attention(hidden_states, attended, text_length, t_gate_msa, gate_msa,
+                                              ln2.weight, ln2.bias, ln2.eps, t_shift_mlp, t_scale_mlp, shift_mlp,
+                                              scale_mlp)
         mlp = layer.mlp
         out = F.linear(F.gelu(F.linear(normed, mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias), approximate="tanh"),
                        mlp.dense_4h_to_h.weight, mlp.dense_4h_to_h.bias)
-        text = text + t_gate_mlp.unsqueeze(1) * out[:, :text_length]
-        video = video + gate_mlp.unsqueeze(1) * out[:, text_length:]
-        return torch.cat([text, video], dim=1)
+        return steps.gated_residual(hidden, out, text_length, t_gate_mlp, gate_mlp)
 
     def attention(self, x, attention_module, index, text_length, token_grid):
         """Joint attention of one layer: QKV projection, per-head QK LayerNorm, rotary (5B), controller, output."""
         batch, length, width = x.shape
         qkv = F.linear(x, attention_module.query_key_value.weight, attention_module.query_key_value.bias)
-        q, k, v = qkv.view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # each (B, heads, N, d_head)
-        q = self.query_layernorm_list[index](q)
-        k = self.key_layernorm_list[index](k)
+        query_norm, key_norm = self.query_layernorm_list[index], self.key_layernorm_list[index]
+        q, k, v = self.elementwise.qk_norm(qkv, self.num_heads, query_norm.weight, query_norm.bias,
+                                           key_norm.weight, key_norm.bias, query_norm.eps)  # each (B, heads, N, d_head)
         if self.rotate is not None:
             q, k = self.rotate(q, k, text_length, token_grid)
         out = self.controller(q, k, v, index, text_length)  # (B, heads, N, d_head)
@@ -258,6 +246,11 @@ class DiffusionTransformer(BaseModel):
     def set_controller(self, controller: AttentionController) -> None:
         """Swap the attention controller of every layer; the weights stay where they are."""
         self.mixins["adaln_layer"].controller = controller
+
+    def compile_elementwise(self, enabled: bool) -> None:
+        """Run the blocks' element-wise steps (norms, modulation, gates, residuals) `torch.compile`d, or eagerly.
+        The controller and the matrix products stay eager; compiling happens at the first forward per shape."""
+        self.mixins["adaln_layer"].elementwise = block_elementwise.compiled() if enabled else block_elementwise.EAGER
 
     def forward(self, latents, timesteps, context, step=None, pair=None):
         """`step` (sampler iteration) and `pair` (window pair) tell the controller where it is."""

@@ -141,6 +141,7 @@ class Pipeline:
     def load_dit(self) -> None:
         self.dit = build_transformer(self.network_params, transformer_source(weight_paths(self.cfg)), self.device,
                                      self.dtype)
+        self.dit.compile_elementwise(self.args.compile_dit)
 
     def load_vae(self) -> None:
         self.vae = build_vae_decoder(self.cfg, "cpu" if self.offload else self.device, self.dtype)
