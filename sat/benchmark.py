@@ -64,6 +64,7 @@ from ditctrl.vae import CogVideoXVAE  # noqa: E402
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROSE_CASE = os.path.join(REPO_DIR, "inference_case_configs", "multi_prompts", "rose.yaml")
 SECTIONS = ("forward", "rose", "single_clip", "memory")
+GPU_CHECK_SECTIONS = ("forward", "rose", "decode", "memory", "profile", "forward_compiled", "rose_compiled")
 FULL_STEPS = 50  # the sampler's step count in every shipped config
 FULL_CHECKPOINT_DIR = "CogVideoX-{model}-synthetic"  # resolved from sat/, like the real CogVideoX-2b-sat/
 MODELS = ("2b", "5b")
@@ -532,6 +533,8 @@ def gpu_check(options) -> dict:
     results["failures"], results["summary"] = failures, lines
 
     def section(name, call):
+        if name in options.skip:
+            return
         print(f"gpu-check {name} ...", flush=True)
         try:
             results[name], section_lines = call()
@@ -633,7 +636,9 @@ def parse_options(argv):
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per controller (after one warm-up)")
     parser.add_argument("--attention-backend", default="auto", choices=sorted(BACKENDS),
                         help="SDPA backend of the plain attention calls (auto lets torch choose)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=sorted({*SECTIONS, *GPU_CHECK_SECTIONS}),
+                        help=f"sections to leave out: {', '.join(SECTIONS)}; with --gpu-check "
+                             f"{', '.join(GPU_CHECK_SECTIONS)} (encode always runs)")
     parser.add_argument("--out", default="outputs/benchmark/benchmark.json", help="JSON result file")
     parser.add_argument("--load-check", action="store_true",
                         help="write (once) a full-size fp16 transformer checkpoint and load it on the CPU: seconds, "
