@@ -1,6 +1,10 @@
 import os
 import sys
 
+# Short OpenMP spin-waits (as the run scripts set), before torch loads libgomp: the tests' subprocesses and
+# spawned ranks share the cores, and libgomp's default spinning slows a contended CPU forward many times over.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAT_DIR = os.path.join(REPO_ROOT, "sat")
 if SAT_DIR not in sys.path:
