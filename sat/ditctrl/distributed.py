@@ -119,11 +119,12 @@ class Ranks:
 def distributed_run():
     """The `Ranks` of this process, in the process group torchrun's environment describes (one process without).
 
-    Ranks other than 0 print nothing on stdout and show no weight-loading bars. The group and SAT's parallel
-    state are torn down on exit.
+    A process torchrun started joins its group even alone (`--nproc_per_node=1`: the group and SAT's state
+    are set up, nothing is exchanged). Ranks other than 0 print nothing on stdout and show no weight-loading
+    bars. The group and SAT's parallel state are torn down on exit.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
+    if size == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # not started by torchrun
         yield Ranks()
         return
     import torch
