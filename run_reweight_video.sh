@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Attention reweight editing.
-#   bash run_reweight_video.sh [CASE.yaml] [--model 2b|5b] [--tiny] [key=value ...]
+#   bash run_reweight_video.sh [CASE.yaml] [--model 2b|5b] [--tiny] [--gpus N] [key=value ...]
 # Without --tiny it needs the CogVideoX weights (README.md, "Download the weights").
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -12,7 +12,11 @@ Sections (each can be left out with --skip):
   rose         the rose case (3 prompts, 7 windows, 37 latent frames) with KV-sharing, with and without
                the shared per-window work: seconds per step, row-layer evaluations and FLOPs;
   single_clip  one 49-frame clip (batch 2 per forward): seconds per step;
-  memory       peak memory of the pipeline's phases: T5 encode (then DiT load), sampling, VAE decode.
+  memory       peak memory of the pipeline's phases: T5 encode (then DiT load), sampling, VAE decode;
+  ranks        the rose case's units of work and row-layers per rank and step with 2, 3 and 6 ranks, their
+               imbalance and the speed-up they allow (a model from the unit counts, not a measurement);
+  ranks_measured  (CPU only) the rose sampling's wall-clock time with 2 gloo ranks over 1 process, both
+               spawned here, each using half / all of torch's threads (noisy: a ratio, not a speed).
 Every run also prints the full-size FLOPs of one batch-4 forward of CogVideoX-2B and -5B (no timing).
 The synthetic checkpoints are written on first use and reused. Prints a short table and writes
 everything, with the settings, as JSON to --out. Random weights make noise videos, but every kernel
@@ -32,6 +36,7 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -42,18 +47,20 @@ from contextlib import contextmanager
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, MaskGuidedKVSharing  # noqa: E402
 from ditctrl.attention.kernels import BACKENDS, available_backends, set_backend  # noqa: E402
 from ditctrl.checkpoints import DIT_FILE_NAME, read_latest_iteration, read_transformer_state_dict  # noqa: E402
 from ditctrl.config import CONFIG_DIR, load_config, resolve_device, tiny_config_for  # noqa: E402
+from ditctrl.distributed import Ranks, distributed_run  # noqa: E402
 from ditctrl.dit import DiffusionTransformer  # noqa: E402
 from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
 from ditctrl.generation import encode_prompt_sets, load_sampling_models, sample_clip, sample_long  # noqa: E402
 from ditctrl.kernel_profile import profile_device_time  # noqa: E402
-from ditctrl.multi_prompt import long_noise, row_layer_count  # noqa: E402
+from ditctrl.multi_prompt import long_noise, rank_work, row_layer_count  # noqa: E402
 from ditctrl.output_files import write_text  # noqa: E402
 from ditctrl.pipeline import Pipeline, build_transformer, run_dtype, weight_paths  # noqa: E402
 from ditctrl.segment_layout import segment_layout, video_frames  # noqa: E402
@@ -63,7 +70,8 @@ from ditctrl.vae import CogVideoXVAE  # noqa: E402
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROSE_CASE = os.path.join(REPO_DIR, "inference_case_configs", "multi_prompts", "rose.yaml")
-SECTIONS = ("forward", "rose", "single_clip", "memory")
+SECTIONS = ("forward", "rose", "single_clip", "memory", "ranks", "ranks_measured")
+RANK_COUNTS = (2, 3, 6)
 GPU_CHECK_SECTIONS = ("forward", "rose", "decode", "memory", "profile", "forward_compiled", "rose_compiled")
 FULL_STEPS = 50  # the sampler's step count in every shipped config
 FULL_CHECKPOINT_DIR = "CogVideoX-{model}-synthetic"  # resolved from sat/, like the real CogVideoX-2b-sat/
@@ -168,7 +176,7 @@ class Benchmark:
     """The rose case's pipeline, loaded once (T5 encode, then the DiT), and the four sections."""
 
     def __init__(self, cfg, device: str, repeats: int, pipeline_type=Pipeline):
-        self.args, self.repeats = cfg.args, repeats
+        self.cfg, self.args, self.repeats = cfg, cfg.args, repeats
         self.clock = Clock(torch.device(device))
         self.size = DiTSize.from_network_params(cfg.model.network_config.params)
         self.prompts = list(cfg.args.prompts)
@@ -257,13 +265,18 @@ class Benchmark:
         """The rose case sampled with KV-sharing's default schedule, as sample_video.py does (cached)."""
         if share_work not in self.rose_runs:
             seconds = []
-            torch.manual_seed(self.args.seed)
             with self.clock.phase() as sampling:
-                latent = sample_long(self.pipeline, self.layout, self.embeds, KVSharing(self.kv_schedule), self.noise(),
-                                     share_work, MAX_BATCH_WINDOWS, self.clock.step_timer(seconds))
-            self.dit.set_controller(AttentionController())
+                latent = self.sample_rose(share_work, self.clock.step_timer(seconds))
             self.rose_runs[share_work] = {"latent": latent, "seconds": seconds, "sampling": sampling}
         return self.rose_runs[share_work]
+
+    def sample_rose(self, share_work: bool, progress, ranks: Ranks = Ranks()) -> torch.Tensor:
+        """The rose case's final latent with KV-sharing's schedule, its steps shared by `ranks`."""
+        torch.manual_seed(self.args.seed)
+        latent = sample_long(self.pipeline, self.layout, self.embeds, KVSharing(self.kv_schedule), self.noise(),
+                             share_work, MAX_BATCH_WINDOWS, progress, ranks)
+        self.dit.set_controller(AttentionController())
+        return latent
 
     def rose(self) -> tuple[dict, list]:
         """Section 2: seconds per step and the run's DiT work, with and without the shared per-window work."""
@@ -319,6 +332,74 @@ class Benchmark:
         lines = [f"memory   {label}: " + ", ".join(f"{phase} {gib:.2f} GiB" for phase, gib in phases.items())
                  + f"; max {result['max_gib']:.2f} GiB"]
         return result, lines
+
+
+    def ranks(self) -> tuple[dict, list]:
+        """Section 5: per rank count, each rank's units and row-layers per step kind, and the modelled speed-up:
+        one process's row-layers over the sum, over the 50 steps, of each step's busiest rank."""
+        steps = self.kv_schedule.steps & set(range(FULL_STEPS))
+        kinds = {True: {"window_groups": FULL_STEPS - len(steps), "window_layers_and_pair_tails": len(steps)},
+                 False: {"pairs": FULL_STEPS}}  # share_work -> step kind -> steps of that kind
+        results, lines = {"model": "row-layers of the busiest rank per step; no communication, no fixed costs"}, []
+        for size in RANK_COUNTS:
+            work = rank_work(self.layout, size, self.size.num_layers, min(self.kv_schedule.layers), MAX_BATCH_WINDOWS)
+            per_kind = {kind: {"per_rank": ranks, "imbalance": imbalance([r["row_layers"] for r in ranks])}
+                        for kind, ranks in work.items()}
+            speedups = {}
+            for share_work, step_kinds in kinds.items():
+                busiest = sum(n * max(r["row_layers"] for r in work[kind]) for kind, n in step_kinds.items())
+                speedups["share_work" if share_work else "faithful"] = (self._rose_row_layers(FULL_STEPS, share_work)
+                                                                        / busiest)
+            results[f"ranks_{size}"] = {"per_step_kind": per_kind, "modelled_speedup": speedups}
+            lines.append(f"ranks    {size} ranks: units per rank " + "; ".join(
+                f"{kind} {[r['units'] for r in ranks['per_rank']]} (imbalance {ranks['imbalance']:.2f})"
+                for kind, ranks in per_kind.items()))
+            lines.append(f"ranks    {size} ranks: modelled speed-up {speedups['share_work']:.2f}x with work sharing "
+                         f"(vs 1 process sharing), {speedups['faithful']:.2f}x faithful (vs 1 process faithful)")
+        return results, lines
+
+    def ranks_measured(self) -> tuple[dict, list]:
+        """Section 6 (CPU): wall-clock seconds of the rose sampling with 1 process and with 2 gloo ranks."""
+        if self.clock.cuda:
+            return {"skipped": "measured on CPU only"}, ["ranks    measured ratio: CPU only (skipped)"]
+        threads = torch.get_num_threads()
+        seconds = {size: spawn_rose_ranks(self.cfg, size, max(1, threads // size)) for size in (1, 2)}
+        result = {"seconds": {f"ranks_{size}": s for size, s in seconds.items()},
+                  "ratio_2_to_1": seconds[2] / seconds[1],
+                  "settings": {"threads_total": threads, "steps": self.pipeline.schedule.num_steps,
+                               "share_work": True, "note": "noisy on shared cores: a ratio, not a speed"}}
+        return result, [f"ranks    measured: rose sampling {seconds[1]:.2f} s with 1 process, {seconds[2]:.2f} s with "
+                        f"2 gloo ranks: ratio {result['ratio_2_to_1']:.2f}"]
+
+
+def imbalance(row_layers: list) -> float:
+    """The busiest rank's work over the mean rank's (1 is perfect balance)."""
+    return max(row_layers) / statistics.mean(row_layers)
+
+
+def spawn_rose_ranks(cfg, size: int, threads: int) -> float:
+    """Seconds of rank 0's rose sampling in `size` spawned processes (gloo, `threads` torch threads each)."""
+    with tempfile.TemporaryDirectory() as folder:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        mp.start_processes(rose_rank, args=(size, port, threads, cfg, folder), nprocs=size, start_method="spawn")
+        with open(os.path.join(folder, "seconds")) as file:
+            return float(file.read())
+
+
+def rose_rank(rank: int, size: int, port: int, threads: int, cfg, folder: str) -> None:
+    """One spawned rank of `spawn_rose_ranks`: load the tiny pipeline, sample rose with work sharing, time it."""
+    os.environ.update(WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(threads)
+    with distributed_run() as ranks, torch.no_grad():
+        bench = Benchmark(cfg, "cpu", repeats=1)
+        start = time.perf_counter()
+        bench.sample_rose(True, None, ranks)
+        if ranks.is_main:
+            with open(os.path.join(folder, "seconds"), "w") as file:
+                file.write(str(time.perf_counter() - start))
 
 
 GPU_CHECK_T5_BLOCKS = 2  # of t5-v1_1-xxl's 24, at full width, with the synthetic tokenizer's 1100-id vocabulary

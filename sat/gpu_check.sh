@@ -3,8 +3,9 @@
 #   bash sat/gpu_check.sh [OUTDIR]              the CUDA tests, then a quick full-size benchmark whose random
 #                                               weights are made on the GPU (no checkpoint written)
 #   bash sat/gpu_check.sh --dry-run [OUTDIR]    the same script on the CPU: tests in bf16, tiny benchmark
+# Then one tiny sample_video.py run started by torchrun as one rank (NCCL; gloo on the CPU in --dry-run).
 # Writes OUTDIR (default outputs/gpu_check): environment.txt, cuda_tests.log, cuda_tests.xml (numbers per test),
-# benchmark.log, benchmark.json, summary.txt. Installs nothing; needs torch, transformers, sentencepiece, numpy,
+# benchmark.log, benchmark.json, torchrun.log (and its video under torchrun/), summary.txt. Installs nothing; needs torch, transformers, sentencepiece, numpy,
 # imageio(-ffmpeg), matplotlib, tqdm, safetensors, pytest, SwissArmyTransformer, omegaconf (see README).
 set -u
 DRY_RUN=0
@@ -23,8 +24,10 @@ torch.version.cuda, '| device', torch.cuda.get_device_name(0) if torch.cuda.is_a
 if [ $DRY_RUN = 1 ]; then
   export DITCTRL_TEST_DEVICE=cpu
   BENCHMARK=(--tiny --device cpu --steps 3 --repeats 1)
+  RUN_DEVICE=cpu
 else
   BENCHMARK=(--full --device cuda --dtype fp16 --steps 3 --repeats 2)
+  RUN_DEVICE=cuda
 fi
 
 echo "== CUDA tests (tests/test_cuda.py)"
@@ -37,11 +40,24 @@ timeout 420 python3 sat/benchmark.py --gpu-check "${BENCHMARK[@]}" --out "$OUTDI
   | tee "$OUTDIR/benchmark.log"
 BENCHMARK_STATUS=${PIPESTATUS[0]}
 
-python3 - "$OUTDIR" "$TESTS_STATUS" "$BENCHMARK_STATUS" "$(( $(date +%s) - START ))" <<'PY' | tee "$OUTDIR/summary.txt"
+echo "== torchrun, one rank: tiny rose, 3 steps on $RUN_DEVICE"
+rm -rf "$OUTDIR/torchrun"
+timeout 120 torchrun --standalone --nproc_per_node=1 sat/sample_video.py --base configs/cogvideox_2b.yaml \
+  configs/inference.yaml --custom-config inference_case_configs/multi_prompts/rose.yaml --tiny \
+  args.device=$RUN_DEVICE model.sampler_config.params.num_steps=3 args.output_dir="$OUTDIR/torchrun" \
+  > "$OUTDIR/torchrun.log" 2>&1
+TORCHRUN_STATUS=$?
+TORCHRUN_VIDEO=$(ls "$OUTDIR"/torchrun/*.mp4 2>/dev/null | head -1)
+echo "torchrun exit $TORCHRUN_STATUS; video: ${TORCHRUN_VIDEO:-none written} (log: $OUTDIR/torchrun.log)"
+
+python3 - "$OUTDIR" "$TESTS_STATUS" "$BENCHMARK_STATUS" "$(( $(date +%s) - START ))" "$TORCHRUN_STATUS" \
+  "${TORCHRUN_VIDEO:-}" <<'PY' | tee "$OUTDIR/summary.txt"
 import json, os, sys
 import xml.etree.ElementTree as ET
-outdir, tests_status, benchmark_status, seconds = sys.argv[1:]
-print(f"== summary ({seconds} s; tests exit {tests_status}, benchmark exit {benchmark_status})")
+outdir, tests_status, benchmark_status, seconds, torchrun_status, torchrun_video = sys.argv[1:]
+print(f"== summary ({seconds} s; tests exit {tests_status}, benchmark exit {benchmark_status}, "
+      f"torchrun exit {torchrun_status})")
+print(f"torchrun one rank: {'wrote ' + torchrun_video if torchrun_video else 'no video written'}")
 try:
     cases = list(ET.parse(os.path.join(outdir, "cuda_tests.xml")).iter("testcase"))
     outcome = lambda case: next((tag for tag in ("failure", "error", "skipped") if case.find(tag) is not None), "passed")
@@ -63,4 +79,4 @@ try:
 except (OSError, ValueError, KeyError) as error:
     print("benchmark: no report:", error)
 PY
-[ "$TESTS_STATUS" = 0 ] && [ "$BENCHMARK_STATUS" = 0 ]
+[ "$TESTS_STATUS" = 0 ] && [ "$BENCHMARK_STATUS" = 0 ] && [ "$TORCHRUN_STATUS" = 0 ]

@@ -1,6 +1,7 @@
 # Shared body of the top-level run_*.sh scripts (sourced, not run, right after they cd to the repository root).
 # Usage from a run script:  run_case <entry script in sat/> <default case file> "$@"
-# Arguments: [CASE_FILE] [--model 2b|5b] [--tiny] [key=value overrides, e.g. args.seed=7] [--prompts P1 P2 ...]
+# Arguments: [CASE_FILE] [--model 2b|5b] [--tiny] [--gpus N] [key=value overrides, e.g. args.seed=7] [--prompts P1 P2 ...]
+# --gpus N (N > 1) starts N processes on this machine with torchrun (one per GPU; gloo processes on a CPU).
 # CASE_FILE is any argument that is neither an option nor key=value (any name, not only *.yaml); a relative
 # path is taken from the caller's folder when it exists there, else from the repository root.
 # Everything after --prompts is a prompt (the entry script refuses a key=value there, with a hint).
@@ -8,12 +9,14 @@ run_case() {
     local script=$1 case_file=$2
     shift 2
     local caller_dir=${OLDPWD:-$PWD}  # set by the run script's cd
-    local tiny="" overrides=() rest=() model=2b
+    local tiny="" overrides=() rest=() model=2b gpus=1
     while [ $# -gt 0 ]; do
         case "$1" in
             --model) model=${2:-}; shift ;;
             --model=*) model=${1#--model=} ;;
             --tiny) tiny="--tiny" ;;
+            --gpus) gpus=${2:-}; shift ;;
+            --gpus=*) gpus=${1#--gpus=} ;;
             --prompts|--) rest=("$@"); break ;;
             -*) overrides+=("$1") ;;
             *=*) if [[ "$1" =~ ^[A-Za-z_][A-Za-z0-9_.-]*= ]]; then overrides+=("$1"); else case_file=$1; fi ;;
@@ -25,14 +28,23 @@ run_case() {
         echo "error: unknown model '${model}' (--model); choices: 2b, 5b" >&2
         return 2
     fi
+    if ! [[ "$gpus" =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: --gpus takes a whole number of processes >= 1, got '${gpus}'" >&2
+        return 2
+    fi
     if [[ "$case_file" != /* && -e "$caller_dir/$case_file" ]]; then
         case_file="$caller_dir/$case_file"
     fi
-    export WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1
+    local launcher=(python)
+    if ((gpus > 1)); then
+        launcher=(torchrun --standalone --nproc_per_node="$gpus")
+    else
+        export WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1
+    fi
     # Short OpenMP spin-waits: CPU runs stay fast when other processes share the cores (measured on 2 cores:
     # a tiny forward takes 4.1 s with libgomp's default spinning next to a second job, 0.1 s with this).
     export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-1000}"
-    local cmd=(python "sat/$script" --base "configs/cogvideox_${model}.yaml" configs/inference.yaml
+    local cmd=("${launcher[@]}" "sat/$script" --base "configs/cogvideox_${model}.yaml" configs/inference.yaml
                --custom-config "$case_file" ${tiny:+"$tiny"} "${overrides[@]}" "${rest[@]}")
     echo "${cmd[*]}"
     "${cmd[@]}"

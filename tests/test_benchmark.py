@@ -100,7 +100,8 @@ def test_tiny_cpu_run_writes_every_promised_number(tmp_path, one_thread, monkeyp
     monkeypatch.setattr(kernels, "_backend", kernels._backend)  # the run pins a process-wide backend; undo it after
     out = tmp_path / "result" / "benchmark.json"
     results = benchmark.main(["--tiny", "--device", "cpu", "--steps", "2", "--repeats", "1", "--attention-backend",
-                              "math", "--checkpoint-dir", str(tmp_path / "weights"), "--out", str(out)])
+                              "math", "--checkpoint-dir", str(tmp_path / "weights"), "--out", str(out),
+                              "--skip", "ranks_measured"])  # spawns processes; measured by hand (README)
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     assert (tmp_path / "weights" / "transformer" / "latest").is_file()
     settings = results["settings"]
@@ -133,6 +134,12 @@ def test_tiny_cpu_run_writes_every_promised_number(tmp_path, one_thread, monkeyp
     assert set(memory["phases_gib"]) == {"t5_encode_then_dit_load", "sampling", "vae_decode"}
     assert all(positive(gib) for gib in memory["phases_gib"].values())
     assert memory["max_gib"] == max(memory["phases_gib"].values())
+
+    ranks = results["ranks"]  # rose: 36,000 faithful and 22,150 shared row-layers over 50 steps
+    assert ranks["ranks_2"]["modelled_speedup"] == pytest.approx({"share_work": 22_150 / 13_610, "faithful": 2.0})
+    assert ranks["ranks_6"]["modelled_speedup"] == pytest.approx({"share_work": 22_150 / 8_300, "faithful": 6.0})
+    assert [r["units"] for r in ranks["ranks_3"]["per_step_kind"]["window_groups"]["per_rank"]] == [2, 1, 1]
+    assert "ranks_measured" not in results
 
 
 def test_kernel_time_shares_by_kind_on_real_kernel_names():

@@ -8,6 +8,9 @@ when it finishes) and turns what escapes into one line on stderr and an exit sta
 * Ctrl-C or SIGTERM: `interrupted: …`, status 130 / 143;
 * anything else is an internal error: one line saying so and where the full traceback was written, status 1.
 
+With several ranks (torchrun) a failure on any rank reaches this function on the lowest failing rank
+alone; the others end silently with its status (`distributed.Ranks.together`), so the job prints one line.
+
 Imports nothing heavy, so it can wrap the entry scripts' own imports.
 """
 import os
@@ -21,6 +24,7 @@ from .output_files import OutputRun, OutputWriteError
 
 INTERRUPTED_NOTE = "no output of this run was kept; earlier outputs are unchanged"
 COMMITTED_NOTE = "after this run's outputs were all written"
+USER_ERRORS = (ValueError, FileNotFoundError)  # bad input (MissingCheckpointError is a FileNotFoundError): status 2
 
 
 class Terminated(BaseException):
@@ -39,6 +43,13 @@ def write_internal_log(error: BaseException) -> str:
         log.write(f"command: {' '.join(sys.argv)}\n")
         log.write("".join(traceback.format_exception(error)))
     return path
+
+
+def exit_status(error: BaseException) -> int:
+    """The status a run ended by `error` (an Exception or SystemExit) exits with: see the module docstring."""
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else 0 if error.code is None else 1
+    return 2 if isinstance(error, USER_ERRORS) else 1
 
 
 def _one_line(error: BaseException) -> str:

@@ -11,12 +11,18 @@
 videos; the isolated baseline, editing and visualisation clips); `generate` runs a whole planned run
 as the entry scripts do. Each sampler step ends with `controller.end_step()`, where controllers write
 what the step collected.
+
+With several `ranks` (torchrun, see distributed.py) every rank samples its share of each long video's
+steps; rank 0 alone shows the progress, decodes and writes. A clip (editing, visualisation, the isolated
+baseline) runs on rank 0 alone: its one batch cannot be split without changing the DiT batch, hence
+the rounding.
 """
 import os
 
 import torch
 
 from .attention import AttentionController, AttentionVisualizer, build_controller
+from .distributed import Ranks
 from .entry_points import RunPlan
 from .multi_prompt import MultiPromptDenoiser, long_noise, window_conditions
 from .pipeline import Pipeline, progress_bar
@@ -38,23 +44,28 @@ def load_sampling_models(pipeline: Pipeline) -> None:
     pipeline.load_vae()
 
 
-def ending_steps(denoise, controller: AttentionController):
-    """`denoise` followed by the controller's `end_step` at every sampler step."""
+def ending_steps(denoise, controller: AttentionController, ranks: Ranks = Ranks()):
+    """`denoise` followed by the controller's `end_step` at every sampler step (with several ranks, after
+    rank 0 has collected every rank's files of the step)."""
     def step(x, i, alpha, timestep):
         x0 = denoise(x, i, alpha, timestep)
+        if ranks.size > 1:
+            controller.collect_on_main(ranks)
         controller.end_step()
         return x0
     return step
 
 
 def sample_long(pipeline: Pipeline, layout: SegmentLayout, embeds: torch.Tensor, controller: AttentionController,
-                noise: torch.Tensor, share_work: bool = True, max_batch_windows: int = 2, progress=None) -> torch.Tensor:
-    """Final (1, L, C, H, W) latent of a long video: embeds (P, L, D) one per prompt, noise (1, L, C, H, W)."""
+                noise: torch.Tensor, share_work: bool = True, max_batch_windows: int = 2, progress=None,
+                ranks: Ranks = Ranks()) -> torch.Tensor:
+    """Final (1, L, C, H, W) latent of a long video: embeds (P, L, D) one per prompt, noise (1, L, C, H, W);
+    every rank of `ranks` returns it, bitwise that of one process."""
     cond = window_conditions(layout, embeds)
     pipeline.dit.set_controller(controller)
     denoiser = MultiPromptDenoiser(pipeline.guided(), layout, cond, torch.zeros_like(cond), share_work=share_work,
-                                   max_batch_windows=max_batch_windows)
-    return sample_dpmpp_2m_sde(ending_steps(denoiser, controller), noise.clone().to(pipeline.device),
+                                   max_batch_windows=max_batch_windows, ranks=ranks)
+    return sample_dpmpp_2m_sde(ending_steps(denoiser, controller, ranks), noise.clone().to(pipeline.device),
                                pipeline.schedule, full_noise_discarding_first, progress)
 
 
@@ -83,17 +94,23 @@ def run_noise(cfg, plan: RunPlan) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
 
 
-def generate(cfg, plan: RunPlan, device: str) -> dict:
-    """Run a planned entry-point run end to end; returns the controllers, by name, after their generation."""
+def generate(cfg, plan: RunPlan, device: str, ranks: Ranks = Ranks()) -> dict:
+    """Run a planned entry-point run end to end; returns the controllers, by name, after their generation.
+
+    With several `ranks` every rank calls this: a long plan's steps are shared, a clip plan runs on rank 0
+    alone (the other ranks return {} at once), the isolated baseline on rank 0 after the long videos.
+    """
+    if plan.layout is None:
+        if not ranks.is_main:
+            return {}
+        ranks = Ranks()  # rank 0 alone, as one process
     args = cfg.args
     pipeline = Pipeline(cfg, device)
     with torch.no_grad():
-        embeds, = encode_prompt_sets(pipeline, [plan.prompts])
-        load_sampling_models(pipeline)
+        with ranks.together():  # loading can fail on one rank alone (out of memory)
+            embeds, = encode_prompt_sets(pipeline, [plan.prompts])
+            load_sampling_models(pipeline)
         noise = run_noise(cfg, plan)
-        if plan.isolated:
-            torch.manual_seed(args.seed)
-            write_isolated_baseline(pipeline, plan, embeds, noise, args)
         controllers = {}
         for name, files in plan.videos.items():
             controller = build_controller(name, args, args.output_dir)
@@ -103,17 +120,27 @@ def generate(cfg, plan: RunPlan, device: str) -> dict:
                 description = (f"{name}: {len(plan.prompts)} prompts, {layout.num_windows} windows, "
                                f"{max(layout.num_windows - 1, 1)} window pairs/step")
                 latent = sample_long(pipeline, layout, embeds, controller, noise, args.share_unshared_work,
-                                     progress=progress_bar(description))
+                                     progress=progress_bar(description) if ranks.is_main else None, ranks=ranks)
             else:
                 latent = sample_clip(pipeline, embeds, controller, noise, progress_bar(f"{name}: {len(plan.prompts)} prompt(s) in one batch"))
-            frames = pipeline.decode(latent)  # (B, F, H, W, 3)
-            print(f"wrote {write_mp4(os.path.join(args.output_dir, files.together), side_by_side(frames), args.sampling_fps)}")
-            for file_name, video in zip(files.per_prompt, frames):
-                write_mp4(os.path.join(args.output_dir, file_name), video, args.sampling_fps)
-            if isinstance(controller, AttentionVisualizer):
-                print(f"wrote {controller.write_overview(frames[0].numpy())}")
+            with ranks.together():  # a failed write ends every rank with its status
+                if ranks.is_main:
+                    write_videos(pipeline, latent, files, controller, args)
             controllers[name] = controller
+        if plan.isolated and ranks.is_main:  # after the long videos, when the other ranks are done
+            torch.manual_seed(args.seed)
+            write_isolated_baseline(pipeline, plan, embeds, noise, args)
     return controllers
+
+
+def write_videos(pipeline: Pipeline, latent: torch.Tensor, files, controller: AttentionController, args) -> None:
+    """Decode one controller's latent (B, T, C, H, W) and write its videos (and a visualiser's overview)."""
+    frames = pipeline.decode(latent)  # (B, F, H, W, 3)
+    print(f"wrote {write_mp4(os.path.join(args.output_dir, files.together), side_by_side(frames), args.sampling_fps)}")
+    for file_name, video in zip(files.per_prompt, frames):
+        write_mp4(os.path.join(args.output_dir, file_name), video, args.sampling_fps)
+    if isinstance(controller, AttentionVisualizer):
+        print(f"wrote {controller.write_overview(frames[0].numpy())}")
 
 
 def write_isolated_baseline(pipeline: Pipeline, plan: RunPlan, embeds: torch.Tensor, noise: torch.Tensor, args) -> None:

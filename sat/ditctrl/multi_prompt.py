@@ -1,6 +1,7 @@
 """DiTCtrl's multi-prompt denoising step: adjacent windows denoised as source/target pairs, then blended."""
 import torch
 
+from .distributed import Ranks, deal
 from .latent_blending import LatentBlender
 from .segment_layout import SegmentLayout
 
@@ -32,15 +33,19 @@ class MultiPromptDenoiser:
       l0 on: layers [0, l0) run once per window, layers [l0, end) per pair from those states.
     Other controllers' active steps take the pair path. The blend adds the same predictions in
     the same order as the pair path; only the DiT batch composition (hence rounding) differs.
+
+    With `ranks` of several processes each computes its dealt units (pairs, window groups or pair
+    tails) with the same DiT batches as one process, the x0 predictions are all-gathered and every
+    rank blends all of them in the same order: the result is bitwise that of one process.
     """
 
     def __init__(self, guided, layout: SegmentLayout, cond: torch.Tensor, uncond: torch.Tensor,
-                 share_work: bool = True, max_batch_windows: int = 2):
-        """cond/uncond: (S, L, D) per-window text embeddings."""
+                 share_work: bool = True, max_batch_windows: int = 2, ranks: Ranks = Ranks()):
+        """cond/uncond: (S, L, D) per-window text embeddings; `ranks`: the processes sharing the work."""
         if isinstance(max_batch_windows, bool) or not isinstance(max_batch_windows, int) or max_batch_windows < 1:
             raise ValueError(f"max_batch_windows must be an int >= 1, got {max_batch_windows!r}")
         self.guided, self.layout, self.cond, self.uncond = guided, layout, cond, uncond
-        self.share_work, self.max_batch_windows = share_work, max_batch_windows
+        self.share_work, self.max_batch_windows, self.ranks = share_work, max_batch_windows, ranks
 
     def __call__(self, x, step, alpha, timestep) -> torch.Tensor:
         layout = self.layout
@@ -58,41 +63,56 @@ class MultiPromptDenoiser:
         return blender.result()
 
     def _pairs(self, blender, x, step, alpha, timestep) -> None:
-        """One whole DiT forward per adjacent pair."""
-        for k in range(self.layout.num_windows - 1):
-            pair = [k, k + 1]
-            x0 = self.guided(self._windows(x, pair), step, alpha, timestep, self.cond[k:k + 2], self.uncond[k:k + 2],
-                             pair=k)
-            self._add(blender, pair, x0)
+        """One whole DiT forward per adjacent pair; the pairs are the units dealt to ranks."""
+        def pair_x0(pairs):
+            for k in pairs:
+                yield self.guided(self._windows(x, [k, k + 1]), step, alpha, timestep, self.cond[k:k + 2],
+                                  self.uncond[k:k + 2], pair=k)
+
+        for k, x0 in enumerate(self._all_units([2] * (self.layout.num_windows - 1), x, pair_x0)):
+            self._add(blender, [k, k + 1], x0)
 
     def _each_window_once(self, blender, x, step, alpha, timestep) -> None:
-        """Each window's plain prediction once, added as many times as the window has roles."""
-        last = self.layout.num_windows - 1
-        for group in self._groups():
-            x0 = self.guided(self._windows(x, group), step, alpha, timestep, self.cond[group], self.uncond[group])
+        """Each window's plain prediction once, added as many times as the window has roles; the window groups
+        are the units dealt to ranks."""
+        last, groups = self.layout.num_windows - 1, self._groups()
+
+        def group_x0(units):
+            for g in units:
+                yield self.guided(self._windows(x, groups[g]), step, alpha, timestep, self.cond[groups[g]],
+                                  self.uncond[groups[g]])
+
+        for group, x0 in zip(groups, self._all_units([len(g) for g in groups], x, group_x0)):
             for w, prediction in zip(group, x0):
                 roles = int(w > 0) + int(w < last)
                 self._add(blender, [w] * roles, [prediction] * roles)
 
     def _pairs_after_window_layers(self, blender, x, step, alpha, timestep, first_layer: int) -> None:
-        """Layers [0, first_layer) once per window, the rest per pair. Window states are computed a group at a
-        time when a pair first needs them and dropped after their last pair, so at most
-        max_batch_windows + 1 windows' states are held."""
-        states, groups = {}, iter(self._groups())
-        for k in range(self.layout.num_windows - 1):
-            while k + 1 not in states:
-                group = next(groups)
-                states.update(zip(group, self.guided.begin(self._windows(x, group), step, timestep, self.cond[group],
-                                                           self.uncond[group], first_layer)))
-            pair = [k, k + 1]
-            x0 = self.guided.finish(self._windows(x, pair), [states.pop(k), states[k + 1]], step, alpha, timestep,
-                                    first_layer, pair=k)
-            self._add(blender, pair, x0)
+        """Layers [0, first_layer) once per window, the rest per pair. The pair tails are the units dealt to
+        ranks; a rank runs the first layers of the window groups its pairs need (a group on the border of two
+        ranks' blocks runs on both, so every window's states come from the same group batch as in one
+        process). Window states are computed a group at a time when a pair first needs them and dropped after
+        their last pair, so at most max_batch_windows + 1 windows' states are held."""
+        def pair_tail_x0(pairs):
+            states, groups = {}, iter([g for g in self._groups() if g[-1] >= pairs.start])
+            for k in pairs:
+                while k + 1 not in states:
+                    group = next(groups)
+                    group_states = self.guided.begin(self._windows(x, group), step, timestep, self.cond[group],
+                                                     self.uncond[group], first_layer)
+                    states.update((w, s) for w, s in zip(group, group_states) if w >= k)
+                yield self.guided.finish(self._windows(x, [k, k + 1]), [states.pop(k), states[k + 1]], step, alpha,
+                                         timestep, first_layer, pair=k)
+
+        for k, x0 in enumerate(self._all_units([2] * (self.layout.num_windows - 1), x, pair_tail_x0)):
+            self._add(blender, [k, k + 1], x0)
+
+    def _all_units(self, rows, x, compute_mine) -> list[torch.Tensor]:
+        """Every unit's x0 (rows[u], tile, C, H, W) in unit order; this rank computes its own (`Ranks.all_units`)."""
+        return self.ranks.all_units(rows, x[0, self.layout.window(0)], compute_mine)
 
     def _groups(self) -> list[list[int]]:
-        """Consecutive windows in DiT batches of at most max_batch_windows."""
-        size, count = self.max_batch_windows, self.layout.num_windows
-        return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+        return window_groups(self.layout.num_windows, self.max_batch_windows)
 
     def _windows(self, x, windows) -> torch.Tensor:
         """(len(windows), tile, C, H, W): the listed windows of the long latent x (1, L, C, H, W)."""
@@ -102,6 +122,36 @@ class MultiPromptDenoiser:
         """Blend predictions[j] (tile, C, H, W) into window windows[j], in order."""
         for w, prediction in zip(windows, predictions):
             blender.add(self.layout.window(w), prediction[None])
+
+
+def window_groups(num_windows: int, max_batch_windows: int) -> list[list[int]]:
+    """Consecutive windows in DiT batches of at most max_batch_windows."""
+    return [list(range(start, min(start + max_batch_windows, num_windows)))
+            for start in range(0, num_windows, max_batch_windows)]
+
+
+def rank_work(layout: SegmentLayout, size: int, num_layers: int, first_shared_layer: int,
+              max_batch_windows: int = 2) -> dict:
+    """Each rank's work in one step of each kind, with the units dealt to `size` ranks (layouts of >= 2 windows).
+
+    Kinds: "pairs" (steps without work sharing, and controlled steps of controllers other than KV-sharing),
+    "window_groups" (shared steps where the controller does not act), "window_layers_and_pair_tails"
+    (KV-sharing's controlled steps with work sharing: the pair tails are dealt; `groups` counts the window
+    groups whose first `first_shared_layer` layers the rank runs for its pairs). Per rank: `units`, `row_layers`
+    (batch rows × transformer layers, as `row_layer_count`).
+    """
+    pairs, groups = layout.num_windows - 1, window_groups(layout.num_windows, max_batch_windows)
+    work = {"pairs": [{"units": len(block), "row_layers": 4 * num_layers * len(block)} for block in deal(pairs, size)],
+            "window_groups": [{"units": len(block), "row_layers": 2 * num_layers * sum(len(groups[g]) for g in block)}
+                              for block in deal(len(groups), size)],
+            "window_layers_and_pair_tails": []}
+    for block in deal(pairs, size):
+        needed = [g for g in groups if block and g[-1] >= block.start and g[0] <= block.stop]
+        work["window_layers_and_pair_tails"].append({
+            "units": len(block), "groups": len(needed),
+            "row_layers": 2 * first_shared_layer * sum(map(len, needed))
+            + 4 * (num_layers - first_shared_layer) * len(block)})
+    return work
 
 
 def controller_acts(controller, step, num_layers: int) -> bool:

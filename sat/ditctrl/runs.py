@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 from .config import (announce_overwrites, check_attention_backend, expand_prompts, parse_run_cli, prepare_output_dir,
                      resolve_device, validate_model, write_resolved_config)
+from .distributed import Ranks, distributed_run
+from .errors import USER_ERRORS
 from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
 
 RANDOM_WEIGHTS_NOTE = ("note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, "
@@ -20,7 +22,7 @@ def user_errors():
     """Turn configuration, layout and missing-weight errors into one line on stderr and exit status 2."""
     try:
         yield
-    except (ValueError, FileNotFoundError) as error:  # MissingCheckpointError is a FileNotFoundError
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
@@ -30,10 +32,13 @@ def token_counts(tokenize, prompts) -> list:
     return [int((row != 0).sum()) for row in tokenize(prompts)]
 
 
-def prepare_run(entry_name: str, argv=None):
+def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     """Parse and check a run of entry point `entry_name`, prepare (and lock) its output folder and stage params.yaml.
 
     Returns (cfg, plan, device). With --tiny the tiny model's random weights are written on first use.
+    With several `ranks` (call it inside `ranks.together()`) every rank checks; the first rank of each
+    machine writes the tiny weights; rank 0 alone prepares and locks the output folder and stages
+    params.yaml; each rank on CUDA uses its own GPU (LOCAL_RANK).
     """
     entry = ENTRY_POINTS[entry_name]
     cfg, tiny = parse_run_cli(argv)
@@ -43,11 +48,15 @@ def prepare_run(entry_name: str, argv=None):
     if tiny:
         from .synthetic_checkpoint import ensure_synthetic_checkpoints
         print(RANDOM_WEIGHTS_NOTE)
-        ensure_synthetic_checkpoints(cfg)
+        with ranks.together():  # the machine's other ranks wait for its weights
+            if ranks.local_rank == 0:
+                ensure_synthetic_checkpoints(cfg)
     check_weights(cfg)  # a diffusers folder's configs fix the model shape the checks below use
     check_run(entry, cfg, prompts)
     plan = plan_run(entry, cfg.args, prompts)
     device = resolve_device(cfg.args.device)
+    if ranks.size > 1 and device.startswith("cuda"):
+        device = ranks.device
     network = cfg.model.network_config.params
     check_attention_backend(cfg.args.attention_backend, device, run_dtype(cfg.args),
                             network.hidden_size // network.num_attention_heads)
@@ -57,14 +66,17 @@ def prepare_run(entry_name: str, argv=None):
     check_token_indices(cfg.args, token_counts(tokens.tokenize, prompts))
     tokens.announce_cut_prompts(prompts)
     mask_dirs = [cfg.args.mask_save_dir] if "KVSharingMaskGuidedAdaLNMixin" in cfg.args.adaln_mixin_names else []
-    announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files, filter(None, mask_dirs)))
-    write_resolved_config(cfg, cfg.args.output_dir)
+    if ranks.is_main:
+        announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files, filter(None, mask_dirs)))
+        write_resolved_config(cfg, cfg.args.output_dir)
     return cfg, plan, device
 
 
 def run_entry(entry_name: str, argv=None) -> dict:
-    """An entry script's whole run; returns the controllers by name after their generation."""
-    with user_errors():
-        cfg, plan, device = prepare_run(entry_name, argv)
-    from .generation import generate
-    return generate(cfg, plan, device)
+    """An entry script's whole run, on every rank torchrun started (distributed.py); returns the controllers by
+    name after their generation."""
+    with distributed_run() as ranks:
+        with user_errors(), ranks.together():
+            cfg, plan, device = prepare_run(entry_name, argv, ranks)
+        from .generation import generate
+        return generate(cfg, plan, device, ranks)

@@ -52,6 +52,10 @@ class AttentionController:
     def end_step(self) -> None:
         """Called once after each sampler step: write what the step collected (nothing for plain attention)."""
 
+    def collect_on_main(self, ranks) -> None:
+        """With several ranks, called before `end_step`: hand what this rank's step collected to rank 0
+        (`distributed.Ranks.gathered_on_main`), the one rank that writes files."""
+
     def active(self, layer: int) -> bool:
         return self.schedule.active(self.step, layer)
 

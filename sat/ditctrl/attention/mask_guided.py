@@ -109,6 +109,11 @@ class MaskGuidedKVSharing(AttentionController):
             save_mask_frames(mask, path)
         self.pending_masks = []
 
+    def collect_on_main(self, ranks) -> None:
+        """Every rank's masks of this step (its own pairs', in pair order) go to rank 0, which writes them all:
+        the same PNG files as one process, staged with the run's other outputs."""
+        self.pending_masks = ranks.gathered_on_main([(path, mask.cpu()) for path, mask in self.pending_masks])
+
     def records(self, layer: int) -> bool:
         """Whether this layer's maps are needed: a controlled step, at or before the last controlled layer."""
         return self.step in self.schedule.steps and layer <= self.last_recorded_layer
