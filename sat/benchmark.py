@@ -62,7 +62,8 @@ from ditctrl.generation import encode_prompt_sets, load_sampling_models, sample_
 from ditctrl.kernel_profile import profile_device_time  # noqa: E402
 from ditctrl.multi_prompt import long_noise, rank_work, row_layer_count  # noqa: E402
 from ditctrl.output_files import write_text  # noqa: E402
-from ditctrl.pipeline import Pipeline, build_transformer, run_dtype, weight_paths  # noqa: E402
+from ditctrl.pipeline import Pipeline, build_transformer, run_dtype  # noqa: E402
+from ditctrl.weights import weight_paths  # noqa: E402
 from ditctrl.segment_layout import segment_layout, video_frames  # noqa: E402
 from ditctrl.synthetic_checkpoint import (FULL_T5, build_random, ensure_synthetic_checkpoints,  # noqa: E402
                                           write_t5_folder, write_transformer_checkpoint)

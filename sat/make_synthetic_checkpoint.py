@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ditctrl.config import MODEL_CONFIG, load_config, tiny_config_for, validate_model  # noqa: E402
 from ditctrl.errors import guarded  # noqa: E402
-from ditctrl.pipeline import weight_paths  # noqa: E402
+from ditctrl.weights import weight_paths  # noqa: E402
 from ditctrl.runs import user_errors  # noqa: E402
 from ditctrl.synthetic_checkpoint import PARTS, claim_part_folders, missing_parts, write_synthetic_checkpoints  # noqa: E402,E501
 

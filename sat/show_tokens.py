@@ -26,7 +26,7 @@ def main(argv=None):
     with user_errors():
         base = [*options.base, *([tiny_config_for(options.base)] if options.tiny else [])]
         cfg = load_config(base, require_prompts=False)
-        from ditctrl.pipeline import weight_paths  # after the arguments: --help answers without torch
+        from ditctrl.weights import weight_paths  # after the arguments: --help answers without torch
         from ditctrl.text_encoder import T5Tokens
         tokens = T5Tokens(weight_paths(cfg)["tokenizer"], cfg.model.conditioner_config.params.max_length)
     for p, prompt in enumerate(options.prompt):

@@ -14,7 +14,6 @@ from ditctrl.checkpoints import (
     POSITION_TABLE_KEY,
     MissingCheckpointError,
     SafetensorsSource,
-    load_state_dict_strict,
     load_strict,
     read_transformer_state_dict,
     read_vae_state_dict,
@@ -190,7 +189,7 @@ def tiny_net_weights():
 def test_strict_load_copies_and_converts_to_the_module_dtype():
     net = TinyNet().half()
     weights = tiny_net_weights()
-    load_state_dict_strict(net, weights, "tiny")
+    load_strict(net, weights, "tiny")
 
     for key, value in net.state_dict().items():
         assert value.dtype == torch.float16
@@ -201,7 +200,7 @@ def test_strict_load_allows_ignored_keys_to_be_absent():
     net = TinyNet()
     weights = tiny_net_weights()
     del weights["table"]
-    load_state_dict_strict(net, weights, "tiny", ignore=("table",))
+    load_strict(net, weights, "tiny", ignore=("table",))
 
     assert torch.equal(net.proj.weight, weights["proj.weight"])
     assert torch.equal(net.table, torch.full((1, 5, 3), 7.0))
@@ -211,13 +210,13 @@ def test_strict_load_reports_missing_key():
     weights = tiny_net_weights()
     del weights["proj.bias"]
     with pytest.raises(ValueError, match=r"tiny checkpoint does not fit the model: 1 missing keys \(proj.bias\)"):
-        load_state_dict_strict(TinyNet(), weights, "tiny")
+        load_strict(TinyNet(), weights, "tiny")
 
 
 def test_strict_load_reports_unexpected_key():
     weights = {**tiny_net_weights(), "extra.weight": torch.zeros(2)}
     with pytest.raises(ValueError, match=r"1 unexpected keys \(extra.weight\)"):
-        load_state_dict_strict(TinyNet(), weights, "tiny")
+        load_strict(TinyNet(), weights, "tiny")
 
 
 def test_strict_load_reports_wrong_shape_and_leaves_the_module_untouched():
@@ -225,7 +224,7 @@ def test_strict_load_reports_wrong_shape_and_leaves_the_module_untouched():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     weights = {**tiny_net_weights(), "proj.weight": torch.zeros(4, 4)}
     with pytest.raises(ValueError, match=r"1 shape mismatches, file vs model \(proj.weight \(4, 4\) vs \(3, 4\)\)"):
-        load_state_dict_strict(net, weights, "tiny")
+        load_strict(net, weights, "tiny")
     assert_same_tensors(net.state_dict(), before)
 
 
@@ -233,7 +232,7 @@ def test_strict_load_lists_at_most_five_offenders_and_the_counts():
     weights = {**tiny_net_weights(), **{f"extra.{i}": torch.zeros(1) for i in range(7)}}
     del weights["proj.bias"]
     with pytest.raises(ValueError) as error:
-        load_state_dict_strict(TinyNet(), weights, "tiny")
+        load_strict(TinyNet(), weights, "tiny")
     message = str(error.value)
     assert "1 missing keys (proj.bias)" in message
     assert "7 unexpected keys (extra.0, extra.1, extra.2, extra.3, extra.4)" in message

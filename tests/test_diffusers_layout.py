@@ -21,7 +21,8 @@ from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
 from ditctrl.diffusers_layout import TRANSFORMER_NAMES, VAE_NAMES, NameMap
 from ditctrl.generation import encode_prompt_sets, sample_clip, sample_long
 from ditctrl.multi_prompt import long_noise
-from ditctrl.pipeline import Pipeline, check_weights, weight_paths
+from ditctrl.pipeline import Pipeline
+from ditctrl.weights import check_weights, weight_paths
 from ditctrl.segment_layout import segment_layout
 from ditctrl.synthetic_checkpoint import write_synthetic_checkpoints
 

@@ -20,7 +20,6 @@ from ditctrl.distributed import Ranks, deal
 from ditctrl.errors import guarded
 from ditctrl.guided_denoiser import GuidedDenoiser
 from ditctrl.multi_prompt import rank_work
-from ditctrl.output_files import LOCK_NAME
 from ditctrl.pipeline import Pipeline
 from ditctrl.runs import run_entry
 from ditctrl.segment_layout import segment_layout

@@ -24,7 +24,8 @@ from ditctrl import output_files, video_io
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
 from ditctrl.errors import guarded
 from ditctrl.output_files import LOCK_NAME, PARTIAL_TAG
-from ditctrl.pipeline import Pipeline, weight_paths
+from ditctrl.pipeline import Pipeline
+from ditctrl.weights import weight_paths
 from ditctrl.runs import run_entry
 from ditctrl.synthetic_checkpoint import SYNTHETIC_MARK
 

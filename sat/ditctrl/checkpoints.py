@@ -276,8 +276,6 @@ def load_strict(module, source, what, ignore=()):
                 target.copy_(source.tensor(key, target.device, target.dtype))
 
 
-load_state_dict_strict = load_strict
-
 
 def _t5_weight_files(folder):
     """The weight files a T5 folder's index names, or the single-file name when there is no index."""

@@ -18,7 +18,7 @@ from .guided_denoiser import GuidedDenoiser
 from .schedule import sampling_schedule
 from .text_encoder import T5TextEncoder
 from .vae import CogVideoXVAE
-from .weights import check_weights, transformer_source, vae_source, weight_path, weight_paths  # noqa: F401
+from .weights import transformer_source, vae_source, weight_paths
 
 
 def run_dtype(args) -> torch.dtype:

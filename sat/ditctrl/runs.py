@@ -44,7 +44,8 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     cfg, tiny = parse_run_cli(argv)
     validate_model(cfg)
     prompts = expand_prompts(cfg.args)
-    from .pipeline import check_decode_memory, check_weights, run_dtype, weight_paths
+    from .pipeline import check_decode_memory, run_dtype
+    from .weights import check_weights, weight_paths
     if tiny:
         from .synthetic_checkpoint import ensure_synthetic_checkpoints
         print(RANDOM_WEIGHTS_NOTE)

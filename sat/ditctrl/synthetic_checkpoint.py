@@ -31,7 +31,8 @@ from ditctrl.diffusers_layout import (MODEL_INDEX, TRANSFORMER_NAMES, VAE_NAMES,
                                       scheduler_config, transformer_config, vae_config)
 from ditctrl.dit import DiffusionTransformer
 from ditctrl.output_files import write_bytes, write_file, write_text
-from ditctrl.pipeline import allocate_empty, run_dtype, weight_paths
+from ditctrl.pipeline import allocate_empty, run_dtype
+from ditctrl.weights import weight_paths
 from ditctrl.text_encoder import T5_MAX_LENGTH
 from ditctrl.vae import CogVideoXVAE
 
