@@ -4,11 +4,12 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ditctrl.checkpoints import read_transformer_state_dict
-from ditctrl.config import TINY_MODEL_CONFIG
+from ditctrl import weights
+from ditctrl.checkpoints import POSITION_TABLE_KEY, read_transformer_state_dict
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
 from ditctrl.dit import DiffusionTransformer
 from ditctrl.pipeline import allocate_empty, build_transformer
-from ditctrl.synthetic_checkpoint import write_transformer_checkpoint
+from ditctrl.synthetic_checkpoint import ensure_synthetic_checkpoints, write_transformer_checkpoint
 from tiny_models import SMALL_DIT, small_dit
 
 
@@ -73,3 +74,15 @@ def test_weights_already_in_the_run_dtype_are_used_from_the_memory_mapped_file(t
     assert all(weights[key].data_ptr() == value.data_ptr() for key, value in state_dict.items())
     converted = build_transformer(SMALL_DIT, state_dict, "cpu", torch.float32)  # another dtype: converted copies
     assert all(converted.state_dict()[key].dtype == torch.float32 for key in state_dict)
+
+
+def test_weight_check_builds_the_dit_without_allocating_its_layers(monkeypatch):
+    """check_weights compares shapes only: the DiT it builds for them holds no layer weight in memory (SAT
+    names the CPU for its layers; only the position table, computed from numpy, is real)."""
+    cfg = load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], require_prompts=False)
+    ensure_synthetic_checkpoints(cfg)
+    built, shapes_of = [], weights.model_shapes
+    monkeypatch.setattr(weights, "model_shapes", lambda module: built.append(module) or shapes_of(module))
+    weights.check_weights(cfg)
+    dit = next(module for module in built if isinstance(module, DiffusionTransformer))
+    assert {key for key, t in dit.state_dict().items() if t.device.type != "meta"} == {POSITION_TABLE_KEY}

@@ -1,20 +1,19 @@
 """Building the CogVideoX parts from a resolved config and running them in a memory-frugal order.
 
 The run loads T5, encodes, releases it and only then places the DiT on the device; the VAE decodes in chunks.
-Where the weights are and in which layout: `weights.py` (re-exported here).
+Where the weights are and in which layout: `weights.py`.
 """
 from functools import partial
 
 import torch
 from omegaconf import OmegaConf
-from torch.overrides import TorchFunctionMode
-from torch.utils._device import _device_constructors
 from tqdm.auto import tqdm
 
 from .attention.kernels import set_backend
 from .checkpoints import POSITION_TABLE_KEY, StateDictSource, load_strict
 from .dit import DiffusionTransformer
 from .guided_denoiser import GuidedDenoiser
+from .meta_device import OnMetaDevice
 from .schedule import sampling_schedule
 from .text_encoder import T5TextEncoder
 from .vae import CogVideoXVAE
@@ -23,17 +22,6 @@ from .weights import transformer_source, vae_source, weight_paths
 
 def run_dtype(args) -> torch.dtype:
     return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
-
-
-class OnMetaDevice(TorchFunctionMode):
-    """Every tensor factory call makes a meta tensor (no memory), even one naming a device: SAT builds its
-    layers with an explicit `device=cpu`, which the plain `torch.device("meta")` context would honour."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _device_constructors():
-            kwargs["device"] = "meta"
-        return func(*args, **kwargs)
 
 
 def allocate_empty(module_type, params: dict, device, dtype) -> torch.nn.Module:

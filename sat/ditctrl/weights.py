@@ -7,13 +7,13 @@ Relative paths are resolved from the `sat/` folder.
 """
 import os
 
-import torch
 from omegaconf import OmegaConf
 
 from .checkpoints import (POSITION_TABLE_KEY, MissingCheckpointError, StateDictSource, check_t5_folder, check_t5_weights, model_shapes,
                           read_transformer_state_dict, read_vae_state_dict, transformer_file)
 from .diffusers_layout import TRANSFORMER_NAMES, VAE_NAMES, DiffusersSource, NameMap, detect_layout, read_model_configs
 from .dit import DiffusionTransformer
+from .meta_device import OnMetaDevice
 from .vae import CogVideoXVAE
 
 SAT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,7 +88,7 @@ def check_weights(cfg) -> dict:
         cfg.model = OmegaConf.merge(cfg.model, read_model_configs(paths["root"]))
     network = OmegaConf.to_container(cfg.model.network_config.params)
     vae_params = OmegaConf.to_container(cfg.model.first_stage_config.params)
-    with torch.device("meta"):
+    with OnMetaDevice():  # shapes only: no layer allocated, not even where SAT names the CPU
         dit = DiffusionTransformer(**network, skip_init=True)
         vae = CogVideoXVAE(**vae_params)
     transformer_source(paths).check(model_shapes(dit), "transformer", ignore={POSITION_TABLE_KEY})
