@@ -182,19 +182,25 @@ def _read_json(path):
         raise ValueError(f"{path}: not valid JSON ({_first_line(error)})") from None
 
 
+def shard_files(folder, weights_name):
+    """(weight_map, shard file names) of `weights_name` in `folder`: from its `<weights_name>.index.json` when there
+    is one (tensor name -> shard), else (None, [weights_name])."""
+    index_path = os.path.join(folder, weights_name + ".index.json")
+    if not os.path.isfile(index_path):
+        return None, [weights_name]
+    weight_map = _read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map'")
+    return weight_map, sorted(set(weight_map.values()))
+
+
 class SafetensorsSource:
     """The tensors of one safetensors file or of a sharded set (``<name>.index.json`` + shards), read lazily."""
 
     def __init__(self, folder, weights_name):
         self.location = folder
         index_path = os.path.join(folder, weights_name + ".index.json")
-        if os.path.isfile(index_path):
-            weight_map = _read_json(index_path).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map'")
-            shards = sorted(set(weight_map.values()))
-        else:
-            weight_map, shards = None, [weights_name]
+        weight_map, shards = shard_files(folder, weights_name)
         missing = [os.path.join(folder, name) for name in shards if not os.path.isfile(os.path.join(folder, name))]
         if missing:
             raise MissingCheckpointError(*missing)
@@ -276,18 +282,6 @@ def load_strict(module, source, what, ignore=()):
                 target.copy_(source.tensor(key, target.device, target.dtype))
 
 
-
-def _t5_weight_files(folder):
-    """The weight files a T5 folder's index names, or the single-file name when there is no index."""
-    index_path = os.path.join(folder, T5_INDEX_NAME)
-    if not os.path.isfile(index_path):
-        return [T5_SINGLE_WEIGHTS_NAME]
-    weight_map = _read_json(index_path).get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map'")
-    return sorted(set(weight_map.values()))
-
-
 def tokenizer_file(folder):
     """The T5 tokenizer's model: ``spiece.model`` (the download), or ``tokenizer.json`` (transformers 5 saves it)."""
     fast = os.path.join(folder, "tokenizer.json")
@@ -299,7 +293,7 @@ def check_t5_folder(folder, tokenizer_folder=None):
     tokenizer_folder = tokenizer_folder or folder
     _require(folder, is_dir=True)
     _require(tokenizer_folder, is_dir=True)
-    needed = [os.path.join(folder, name) for name in ("config.json", *_t5_weight_files(folder))]
+    needed = [os.path.join(folder, name) for name in ("config.json", *shard_files(folder, T5_SINGLE_WEIGHTS_NAME)[1])]
     needed.append(tokenizer_file(tokenizer_folder))
     missing = [path for path in needed if not os.path.isfile(path)]
     if missing:

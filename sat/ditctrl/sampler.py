@@ -105,4 +105,3 @@ def sample_dpmpp_2m_sde(
         return dpmpp_2m_sde_step(x, x0, x0_prev, alphas[i - 1] if i else None, alphas[i], alphas[i + 1], noise)
 
     return _run_sampler(denoise, x, schedule, update, progress)
-
