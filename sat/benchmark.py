@@ -51,8 +51,8 @@ import torch.multiprocessing as mp  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, MaskGuidedKVSharing  # noqa: E402
-from ditctrl.attention.kernels import BACKENDS, available_backends, set_backend  # noqa: E402
-from ditctrl.checkpoints import DIT_FILE_NAME, read_latest_iteration, read_transformer_state_dict  # noqa: E402
+from ditctrl.attention.kernels import BACKENDS, available_backends, pinned_backend  # noqa: E402
+from ditctrl.checkpoints import read_transformer_state_dict, transformer_file  # noqa: E402
 from ditctrl.config import CONFIG_DIR, load_config, resolve_device, tiny_config_for  # noqa: E402
 from ditctrl.distributed import Ranks, distributed_run  # noqa: E402
 from ditctrl.dit import DiffusionTransformer  # noqa: E402
@@ -122,8 +122,7 @@ class Clock:
     def peak_gib(self) -> float:
         if self.cuda:
             return torch.cuda.max_memory_allocated(self.device) / GIB
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        return peak * (1 if sys.platform == "darwin" else 1024) / GIB
+        return peak_rss_bytes() / GIB
 
     @contextmanager
     def phase(self):
@@ -174,7 +173,7 @@ def format_ratio(value) -> str:
 
 
 class Benchmark:
-    """The rose case's pipeline, loaded once (T5 encode, then the DiT), and the four sections."""
+    """The rose case's pipeline, loaded once (T5 encode, then the DiT), and the sections that sample it."""
 
     def __init__(self, cfg, device: str, repeats: int, pipeline_type=Pipeline):
         self.cfg, self.args, self.repeats = cfg, cfg.args, repeats
@@ -474,16 +473,15 @@ def forward_on_every_backend(bench, full_size: bool) -> tuple[dict, list]:
         results["math"] = FULL_SIZE_MATH_NOTE
         lines.append(f"forward  {FULL_SIZE_MATH_NOTE}")
     for name in offered:
-        set_backend(name)
         try:
-            results[name], backend_lines = bench.forward(plain_only=name in PLAIN_ONLY_BACKENDS)
+            with pinned_backend(name):
+                results[name], backend_lines = bench.forward(plain_only=name in PLAIN_ONLY_BACKENDS)
             lines += [f"[{name}] {line}" for line in backend_lines]
         except Exception as error:  # noqa: BLE001 - one backend failing must not hide the others
             failed[name] = f"{type(error).__name__}: {error}"
             lines.append(f"[{name}] forward FAILED: {failed[name]}")
             traceback.print_exc()
         finally:
-            set_backend(pipeline.args.attention_backend)
             release_cached_memory(bench.clock)
     timed = [name for name in offered if name in results]
     if timed:
@@ -506,16 +504,15 @@ def compiled_forward_section(bench, results: dict) -> tuple[dict, list]:
     backend = winning_backend(results)
     eager_ms = results["forward"][backend]["plain"]["ms_per_forward"]
     latents, timesteps, context = bench.forward_inputs()
-    set_backend(backend)
     bench.dit.compile_elementwise(True)
     try:
-        start = bench.clock.now()
-        bench.dit(latents, timesteps, context, step=0, pair=0)
-        first_call = bench.clock.now() - start
-        seconds, memory = bench._time_forward(latents, timesteps, context)
+        with pinned_backend(backend):
+            start = bench.clock.now()
+            bench.dit(latents, timesteps, context, step=0, pair=0)
+            first_call = bench.clock.now() - start
+            seconds, memory = bench._time_forward(latents, timesteps, context)
     finally:
         bench.dit.compile_elementwise(False)
-        set_backend(bench.args.attention_backend)
     ms = 1000 * statistics.median(seconds)
     flops = forward_flops(bench.size, bench.layout.tile, FORWARD_BATCH)
     result = {"backend": backend, "ms_per_forward": ms, "ms_all": [1000 * s for s in seconds],
@@ -533,11 +530,8 @@ def profile_section(bench, results: dict) -> tuple[dict, list]:
     kernels, GEMMs and everything else in the device time, and the longest kernels."""
     backend = winning_backend(results)
     latents, timesteps, context = bench.forward_inputs()
-    set_backend(backend)
-    try:
+    with pinned_backend(backend):
         result = profile_device_time(lambda: bench.dit(latents, timesteps, context, step=0, pair=0), bench.clock.cuda)
-    finally:
-        set_backend(bench.args.attention_backend)
     shares = result["shares"]
     lines = [f"profile  [{backend}] eager plain forward, {result['measured']}: {result['total_ms']:.1f} ms; "
              + ", ".join(f"{kind} {share:.1%}" for kind, share in shares.items() if share is not None)]
@@ -559,12 +553,9 @@ def compiled_rose_section(bench, results: dict) -> tuple[dict, list]:
     try:
         for _ in range(2):
             runs.append([])
-            torch.manual_seed(bench.args.seed)
-            sample_long(bench.pipeline, bench.layout, bench.embeds, KVSharing(bench.kv_schedule), bench.noise(), True,
-                        MAX_BATCH_WINDOWS, bench.clock.step_timer(runs[-1]))
+            bench.sample_rose(True, bench.clock.step_timer(runs[-1]))
     finally:
         bench.dit.compile_elementwise(False)
-        bench.dit.set_controller(AttentionController())
     seconds = runs[1]
     result = step_times(seconds, bench._rose_row_layers(len(seconds), True), bench._rose_row_layers(FULL_STEPS, True))
     eager = bench.rose_run(share_work=True)["seconds"]
@@ -610,7 +601,7 @@ def gpu_check(options) -> dict:
         "size": "tiny" if options.tiny else "full", "device": device_name(options.device), "dtype": options.dtype,
         "steps": options.steps, "repeats": options.repeats, "torch": torch.__version__,
         "attention_backend": cfg.args.attention_backend,
-        "weights": "random, made directly on the device (no checkpoint files)"}}
+        "weights": "random, made directly on the device (no checkpoint files)", "model": options.model}}
     lines, failures = [], {}
     results["failures"], results["summary"] = failures, lines
 
@@ -687,7 +678,7 @@ def load_check(options) -> dict:
         dit = build_random(DiffusionTransformer, {**network, "skip_init": True}, "cpu", torch.float16, seed=0)
         write_transformer_checkpoint(dit.state_dict(), folder)
         del dit
-    path = os.path.join(folder, read_latest_iteration(folder), DIT_FILE_NAME)
+    path = transformer_file(folder)
     with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process: its peak RSS is the load's
         result = pool.apply(load_transformer_on_cpu, (folder, network))
     file_bytes = os.path.getsize(path)

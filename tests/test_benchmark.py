@@ -142,6 +142,26 @@ def test_tiny_cpu_run_writes_every_promised_number(tmp_path, one_thread, monkeyp
     assert "ranks_measured" not in results
 
 
+def test_tiny_gpu_check_on_the_cpu_reports_every_section(tmp_path, one_thread, monkeypatch):
+    """The --gpu-check path (random weights made on the device, every SDPA backend offered, rose, one decoded
+    window, memory) at the tiny size on the CPU: no section fails, the fastest plain forward wins, and the memory
+    summary is the sections' own peaks."""
+    monkeypatch.setattr(kernels, "_backend", kernels._backend)
+    out = tmp_path / "gpu_check.json"
+    results = benchmark.main(["--gpu-check", "--tiny", "--device", "cpu", "--steps", "2", "--repeats", "1",
+                              "--out", str(out), "--skip", "profile", "forward_compiled", "rose_compiled"])
+    assert results["failures"] == {}
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert (results["settings"]["size"], results["settings"]["model"]) == ("tiny", "2b")
+    forward = results["forward"]
+    timed = [name for name in forward["offered"] if name in forward]
+    assert timed and forward["winner"] == min(timed, key=lambda name: forward[name]["plain"]["ms_per_forward"])
+    assert len(results["rose"]["share_work"]["seconds_per_step_all"]) == 2
+    phases = results["memory"]["phases_gib"]
+    assert phases == {"encode": results["encode"]["peak_gib"], "decode_window": results["decode"]["peak_gib"],
+                      "sampling_rose": phases["sampling_rose"]} and all(positive(gib) for gib in phases.values())
+
+
 def test_kernel_time_shares_by_kind_on_real_kernel_names():
     """Kernel names as an H100/H200 profile shows them; the shares and the ranking counted by hand."""
     microseconds = {

@@ -96,19 +96,27 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return out, lse.reshape(batch, heads, -1)[..., :queries].float()  # efficient pads, cuDNN adds an axis
 
 
-def backend_runs(name: str, device, dtype: torch.dtype, head_dim: int = 64) -> bool:
-    """Whether torch's SDPA runs with the backend `name` pinned here (tiny probe of `attention`; a backend
-    offered here must then also run `attention_with_lse`)."""
+@contextlib.contextmanager
+def pinned_backend(name: str):
+    """Pin the SDPA backend `name` for the block; the backend pinned before is restored afterwards."""
     previous = _backend
     set_backend(name)
     try:
-        q = torch.randn(2, 2, 40, head_dim, device=device, dtype=dtype)
-        attention(q, q, q)
-        return True
-    except RuntimeError:
-        return False
+        yield
     finally:
         set_backend(previous)
+
+
+def backend_runs(name: str, device, dtype: torch.dtype, head_dim: int = 64) -> bool:
+    """Whether torch's SDPA runs with the backend `name` pinned here (tiny probe of `attention`; a backend
+    offered here must then also run `attention_with_lse`)."""
+    with pinned_backend(name):
+        try:
+            q = torch.randn(2, 2, 40, head_dim, device=device, dtype=dtype)
+            attention(q, q, q)
+            return True
+        except RuntimeError:
+            return False
 
 
 def available_backends(device, dtype: torch.dtype, head_dim: int = 64) -> list[str]:
