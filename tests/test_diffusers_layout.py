@@ -79,13 +79,18 @@ def test_pipeline_save_pretrained_shards_the_parts(layouts):
 
 
 def test_folder_configs_give_the_model_shape_of_the_sat_config(layouts):
+    """The model shape, VAE scale factor and SNR shift come from the folder's configs: a config that says
+    otherwise is overwritten with the folder's values, which are those of the SAT config it was saved from."""
     _, sat_cfg, hf_cfg = layouts
-    paths = check_weights(hf_cfg)
+    wrong = {"network_config": {"params": {"num_layers": 1, "hidden_size": 8}}, "scale_factor": 9.0,
+             "first_stage_config": {"params": {"ch": 7}}, "sampler_config": {"params": {"shift_scale": 7.0}}}
+    cfg = OmegaConf.merge(hf_cfg, {"model": wrong})
+    paths = check_weights(cfg)
     assert paths["layout"] == "diffusers"
     assert check_weights(sat_cfg)["layout"] == "sat"
     for section in ("network_config", "first_stage_config", "sampler_config"):
-        assert OmegaConf.to_container(hf_cfg.model[section]) == OmegaConf.to_container(sat_cfg.model[section])
-    assert hf_cfg.model.scale_factor == sat_cfg.model.scale_factor
+        assert OmegaConf.to_container(cfg.model[section]) == OmegaConf.to_container(sat_cfg.model[section])
+    assert cfg.model.scale_factor == sat_cfg.model.scale_factor
 
 
 @pytest.mark.parametrize("names, levels", [(TRANSFORMER_NAMES, 0), (VAE_NAMES, 4)])

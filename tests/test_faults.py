@@ -272,7 +272,7 @@ def hold_lock(folder, seconds):
     return holder
 
 
-def test_second_run_into_a_busy_folder_is_refused_naming_the_first(capsys, earlier_run, rerun_folder):
+def test_second_run_into_a_busy_folder_is_refused_naming_the_first(capsys, rerun_folder):
     holder = hold_lock(rerun_folder, 60)
     try:
         earlier = snapshot(rerun_folder)
@@ -505,6 +505,7 @@ def test_damaged_checkpoint_is_one_line_naming_the_file_before_model_work(capsys
                                                                          rerun_folder, tiny_checkpoints, fault):
     part, damage = CHECKPOINT_FAULTS[fault]
     named, overrides = damaged_copy(tiny_checkpoints, tmp_path / "ckpt", part, damage)
+    monkeypatch.setattr("ditctrl.generation.Pipeline", _raise(AssertionError("model work started")))
     status, line = guarded_edit(capsys, rerun_folder, *overrides)
     assert status == 2 and line.startswith("error: ") and str(named) in line, line
     assert_untouched(rerun_folder, earlier_run[1])

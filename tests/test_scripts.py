@@ -32,9 +32,14 @@ def edit(case, *overrides):
     sample_video_edit.main([*BASE, "--custom-config", case, "--tiny", *overrides])
 
 
+def model_work_started(*args, **kwargs):
+    raise AssertionError("the run reached model work")
+
+
 def user_error(capsys, call, *args) -> str:
-    """The one-line error of a run that must stop before any model work."""
-    with pytest.raises(SystemExit) as stop:
+    """The one-line error of a run that must stop before any model work (building the pipeline fails the test)."""
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as stop:
+        patch.setattr("ditctrl.generation.Pipeline", model_work_started)
         call(*args)
     assert stop.value.code == 2
     captured = capsys.readouterr()
