@@ -23,7 +23,7 @@ from ditctrl.multi_prompt import rank_work
 from ditctrl.pipeline import Pipeline
 from ditctrl.runs import run_entry
 from ditctrl.segment_layout import segment_layout
-from test_work_sharing import FIVE_WINDOWS, KV_SCHEDULE, NUM_STEPS, CountingKVSharing, sample
+from test_work_sharing import FIVE_WINDOWS, KV_SCHEDULE, NUM_STEPS, CountingKVSharing, RowCounting, sample
 from tiny_models import small_dit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +39,7 @@ RUNS = {
     "edit": ("sample_video_edit", ["--custom-config", "inference_case_configs/edit/bus_truck.yaml",
                                    "model.sampler_config.params.num_steps=2", "args.start_step=1"]),
 }
+ROSE_LAYOUT = segment_layout(3, 13, 9, 2)  # the tiny rose case's 7 windows (6 pairs) of 30-layer DiT forwards
 DECODED = {"rose_shared", "edit"}  # runs whose videos are decoded (with one and two ranks)
 JOBS = [*((name, 2) for name in RUNS), ("bad_input", 2), ("failure", 2),
         ("rose_shared", 3), ("rose_faithful", 3), ("bad_input", 3)]
@@ -76,6 +77,26 @@ def latents_saved(folder, rank):
         yield
     finally:
         generation.sample_dpmpp_2m_sde = original
+
+
+@contextmanager
+def rows_counted(path):
+    """Count the (batch row × layer) evaluations of every controller the run builds; their list saved at `path`."""
+    original = generation.build_controller
+    built = []
+
+    def counting(*args, **kwargs):
+        controller = original(*args, **kwargs)
+        controller.__class__ = type(f"Counting{type(controller).__name__}", (RowCounting, type(controller)), {})
+        built.append(controller)
+        return controller
+
+    generation.build_controller = counting
+    try:
+        yield
+    finally:
+        generation.build_controller = original
+        torch.save([controller.row_layers for controller in built], path)
 
 
 @contextmanager
@@ -122,7 +143,8 @@ def job(name, size, rank, out) -> int:
         finally:
             GuidedDenoiser.finish = original
     (out / name).mkdir(exist_ok=True)
-    with latents_saved(out / name, rank), videos_decoded(size == 2 and name in DECODED):
+    with latents_saved(out / name, rank), rows_counted(out / f"{name}_rows_rank{rank}.pt"), \
+            videos_decoded(size == 2 and name in DECODED):
         return call(name, out)
 
 
@@ -160,7 +182,8 @@ def one_process(tmp_path_factory):
     try:
         for name in RUNS:
             (out / name).mkdir()
-            with latents_saved(out / name, 0), videos_decoded(name in DECODED):
+            with latents_saved(out / name, 0), rows_counted(out / f"{name}_rows_rank0.pt"), \
+                    videos_decoded(name in DECODED):
                 assert call(name, out) == 0
     finally:
         torch.set_num_threads(threads)
@@ -224,6 +247,21 @@ def test_three_ranks_equal_one_process_bitwise(one_process, spawned, name):
     check_equal_to_one_process(one_process, spawned / "ranks3", 3, name, videos=False)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("name", ["rose_shared", "rose_faithful"])
+def test_each_rank_computes_its_own_units_only(one_process, spawned, name, size):
+    """Equal latents alone do not show the work was split: each rank's layer evaluations are its dealt units'."""
+    out = one_process if size == 1 else spawned / f"ranks{size}"
+    work = rank_work(ROSE_LAYOUT, size, 30, 25)
+    for rank in range(size):
+        if name == "rose_shared":  # step 0: window groups; step 1 (KV-sharing from layer 25): shared layers + tails
+            expected = (work["window_groups"][rank]["row_layers"]
+                        + work["window_layers_and_pair_tails"][rank]["row_layers"])
+        else:  # no work sharing: the rank's window pairs in both steps
+            expected = 2 * work["pairs"][rank]["row_layers"]
+        assert torch.load(out / f"{name}_rows_rank{rank}.pt") == [expected]
+
+
 def error_lines(stderr: str) -> list:
     return [line for line in stderr.splitlines() if "error" in line.lower()]
 
@@ -280,7 +318,7 @@ def test_rank_work_counts_each_ranks_layer_calls(share_work, size, max_batch_win
 
 def test_rank_work_for_rose_by_hand():
     """rose: 7 windows, groups [0,1] [2,3] [4,5] [6]; 30 layers, KV-sharing from layer 25 (the README's model)."""
-    work = rank_work(segment_layout(3, 13, 9, 2), 2, 30, 25)
+    work = rank_work(ROSE_LAYOUT, 2, 30, 25)
     assert [r["row_layers"] for r in work["pairs"]] == [3 * 4 * 30] * 2
     assert [r["row_layers"] for r in work["window_groups"]] == [4 * 2 * 30, 3 * 2 * 30]
     # rank 0: pairs 0-2 need windows 0-3 (groups [0,1] [2,3]); rank 1: pairs 3-5 need windows 3-6 ([2,3] [4,5] [6])
