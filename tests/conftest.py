@@ -5,10 +5,18 @@ import sys
 # spawned ranks share the cores, and libgomp's default spinning slows a contended CPU forward many times over.
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAT_DIR = os.path.join(REPO_ROOT, "sat")
-if SAT_DIR not in sys.path:
-    sys.path.insert(0, SAT_DIR)
+import pytest
+
+from repo_paths import REPO, SAT
+
+if SAT not in sys.path:
+    sys.path.insert(0, SAT)
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    """Run from the repository root, as the run scripts do (the configs' relative paths)."""
+    monkeypatch.chdir(REPO)
 
 
 def pytest_configure(config):

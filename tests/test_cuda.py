@@ -23,6 +23,7 @@ from ditctrl.attention.kernels import BACKENDS, attention, attention_with_lse, b
 from ditctrl.pipeline import build_transformer
 from ditctrl.synthetic_checkpoint import randomize_module
 from ditctrl.vae import CogVideoXVAE
+from repo_paths import REPO
 from tiny_models import small_dit
 
 DEVICE = os.environ.get("DITCTRL_TEST_DEVICE", "cuda")
@@ -38,7 +39,6 @@ DTYPE_IDS = [str(d).removeprefix("torch.") for d in DTYPES]
 DIT = dict(num_layers=4, hidden_size=128, num_attention_heads=2, time_embed_dim=32, text_hidden_size=24,
            text_length=7, latent_height=8, latent_width=12, num_frames=17)
 GRID = (3, 4, 6)  # latent frames, token rows, token columns of the test batches
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def eps(dtype) -> float:

@@ -23,11 +23,11 @@ from ditctrl.multi_prompt import rank_work
 from ditctrl.pipeline import Pipeline
 from ditctrl.runs import run_entry
 from ditctrl.segment_layout import segment_layout
+from repo_paths import BASE, REPO
 from test_work_sharing import FIVE_WINDOWS, KV_SCHEDULE, NUM_STEPS, CountingKVSharing, RowCounting, sample
 from tiny_models import small_dit
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE = ["--base", "configs/cogvideox_2b.yaml", "configs/inference.yaml", "--tiny"]
+TINY = [*BASE, "--tiny"]
 # Step 0 uncontrolled, step 1 controlled. With work sharing KV-sharing deals window groups (step 0), then window
 # groups' first layers and pair tails (step 1); without, mask-guided deals pairs in both steps.
 ROSE = ["--custom-config", "inference_case_configs/multi_prompts/rose.yaml", "model.sampler_config.params.num_steps=2",
@@ -58,7 +58,7 @@ def exit_status_of(entry_name, argv) -> int:
 def call(name, out) -> int:
     """Run `name`, writing into out/name; its exit status."""
     entry_name, argv = RUNS[name]
-    return exit_status_of(entry_name, [*BASE, *argv, f"args.output_dir={out / name}"])
+    return exit_status_of(entry_name, [*TINY, *argv, f"args.output_dir={out / name}"])
 
 
 @contextmanager
@@ -130,7 +130,7 @@ def job(name, size, rank, out) -> int:
     os.environ.update(WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size))
     if name == "bad_input":
         with stderr_to(out / f"bad_input_rank{rank}.err"):
-            return exit_status_of("sample_video", [*BASE, *ROSE, "args.seed=0", f"args.output_dir={out / name}"])
+            return exit_status_of("sample_video", [*TINY, *ROSE, "args.seed=0", f"args.output_dir={out / name}"])
     if name == "failure":
         original = GuidedDenoiser.finish
         if rank == 1:

@@ -28,21 +28,17 @@ from ditctrl.pipeline import Pipeline
 from ditctrl.weights import weight_paths
 from ditctrl.runs import run_entry
 from ditctrl.synthetic_checkpoint import SYNTHETIC_MARK
+from repo_paths import BASE, REPO, SAT
 
 import make_synthetic_checkpoint
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAT = os.path.join(REPO, "sat")
 CASE = os.path.join(REPO, "inference_case_configs", "edit", "bus_truck.yaml")
-BASE = ["--base", "configs/cogvideox_2b.yaml", "configs/inference.yaml"]
 FAST = ["model.sampler_config.params.num_steps=2", "args.start_step=1"]
 TINY_BASES = ["configs/cogvideox_2b.yaml", "configs/cogvideox_tiny.yaml"]  # then a file of checkpoint paths
 OUTPUTS = ("editing_frames49.mp4", "editing_source_frames49.mp4", "editing_target_frames49.mp4", "params.yaml")
 
 
-@pytest.fixture(autouse=True)
-def in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)
+pytestmark = pytest.mark.usefixtures("in_repo")
 
 
 def edit_argv(output_dir, *overrides):

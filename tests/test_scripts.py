@@ -13,15 +13,12 @@ import yaml
 
 import sample_video
 import sample_video_edit
+from repo_paths import BASE, REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["model.sampler_config.params.num_steps=4"]
-BASE = ["--base", "configs/cogvideox_2b.yaml", "configs/inference.yaml"]
 
 
-@pytest.fixture(autouse=True)
-def in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)
+pytestmark = pytest.mark.usefixtures("in_repo")
 
 
 def multi_prompt(case, *overrides):
