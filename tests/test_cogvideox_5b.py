@@ -10,11 +10,13 @@ from torch.utils.flop_counter import FlopCounterMode
 import benchmark
 import sample_video
 from ditctrl.attention.kernels import set_backend
-from ditctrl.config import CONFIG_DIR, INFERENCE_CONFIG, load_config, tiny_config_for
+from ditctrl.config import CONFIG_DIR, INFERENCE_CONFIG, MODEL_CONFIG, load_config, tiny_config_for
+from ditctrl.denoiser import table_index
 from ditctrl.flops import DiTSize, forward_flops
+from ditctrl.pipeline import Pipeline
+from repo_paths import REPO
 from tiny_models import SMALL_DIT, small_dit
 
-REPO = os.path.dirname(CONFIG_DIR)
 MODEL_5B = os.path.join(CONFIG_DIR, "cogvideox_5b.yaml")
 
 
@@ -31,6 +33,18 @@ def test_5b_config_keeps_its_defaults_after_inference_yaml():
                        require_prompts=False).args.start_layer == 30
 
 
+@pytest.mark.parametrize("model", [MODEL_CONFIG, MODEL_5B], ids=["2b", "5b"])
+def test_denoiser_snaps_each_step_to_its_own_timestep(model):
+    """The original's denoiser table has the sampler's SNR shift (2B 3.0, 5B 1.0): every step's alpha snaps to the
+    table entry of its own timestep (±1 from the sampler's zero-SNR rescale over 50 steps). With 2B's table, 49 of
+    5B's 50 steps snap 10 to 50 timesteps away."""
+    pipeline = Pipeline(load_config([model, INFERENCE_CONFIG], require_prompts=False), "cpu")
+    table = pipeline.guided().table
+    schedule = pipeline.schedule
+    assert [abs(int(table_index(alpha, table)) - t) <= 1 for alpha, t in zip(schedule.alphas, schedule.timesteps)] \
+        == [True] * schedule.num_steps
+
+
 def test_tiny_follows_the_model():
     assert tiny_config_for([MODEL_5B, INFERENCE_CONFIG]) == os.path.join(CONFIG_DIR, "cogvideox_5b_tiny.yaml")
     assert tiny_config_for([os.path.join(CONFIG_DIR, "cogvideox_2b.yaml")]) == os.path.join(CONFIG_DIR,
@@ -40,9 +54,8 @@ def test_tiny_follows_the_model():
     assert (tiny.args.fp16, tiny.args.bf16) == (False, False)
 
 
-def test_tiny_5b_mask_guided_multi_prompt_run(tmp_path, monkeypatch):
+def test_tiny_5b_mask_guided_multi_prompt_run(tmp_path, in_repo):
     """Mask-guided KV-sharing (maps, masks and shared keys) at every step, the last layer included."""
-    monkeypatch.chdir(REPO)
     sample_video.main(["--base", MODEL_5B, INFERENCE_CONFIG, "--custom-config",
                        "inference_case_configs/multi_prompts/horse_beach_snow.yaml", "--tiny",
                        "model.sampler_config.params.num_steps=2", "args.start_step=0", "args.num_transition_blocks=0",

@@ -4,7 +4,7 @@ import torch
 from .denoiser import dynamic_cfg_scale, guide, quantize_alpha, v_to_x0
 from .dit import TransformerState
 from .pair_batch import guidance_batch, split_guidance
-from .schedule import denoiser_table
+from .schedule import SHIFT_SCALE, denoiser_table
 
 ORIGINAL_CFG_STEPS = 50  # the original's DynamicCFG(num_steps=50), whatever the sampler's step count
 
@@ -22,13 +22,15 @@ class GuidedDenoiser:
     only controllers that keep no state across layers (`per_window_below_first_layer`) may be split.
 
     `cfg_steps` is the step count of the dynamic-CFG schedule: the original keeps 50 whatever the
-    sampler's step count (`model.sampler_config.params.cfg_num_steps`).
+    sampler's step count (`model.sampler_config.params.cfg_num_steps`). `shift_scale` is the SNR shift of the
+    table the sampler's alphas are snapped to: the sampler's own (2B 3.0, 5B 1.0), as the original's denoiser.
     """
 
-    def __init__(self, model, cfg_scale: float = 6.0, cfg_exp: float = 5.0, cfg_steps: int = ORIGINAL_CFG_STEPS):
+    def __init__(self, model, cfg_scale: float = 6.0, cfg_exp: float = 5.0, cfg_steps: int = ORIGINAL_CFG_STEPS,
+                 shift_scale: float = SHIFT_SCALE):
         self.model = model
         self.cfg_scale, self.cfg_exp, self.cfg_steps = cfg_scale, cfg_exp, cfg_steps
-        self.table = denoiser_table()
+        self.table = denoiser_table(shift_scale)
 
     def __call__(self, x, step, alpha, timestep, cond, uncond, pair=None) -> torch.Tensor:
         x2 = guidance_batch(x, x)

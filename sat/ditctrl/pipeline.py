@@ -135,8 +135,9 @@ class Pipeline:
         self.vae = build_vae_decoder(self.cfg, "cpu" if self.offload else self.device, self.dtype)
 
     def guided(self) -> GuidedDenoiser:
-        return GuidedDenoiser(self.dit, self.sampler_params["cfg_scale"], self.sampler_params["cfg_exp"],
-                              self.sampler_params["cfg_num_steps"])
+        sampler = self.sampler_params
+        return GuidedDenoiser(self.dit, sampler["cfg_scale"], sampler["cfg_exp"], sampler["cfg_num_steps"],
+                              sampler["shift_scale"])
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) fp32 latent -> (B, F, H·8, W·8, 3) uint8 frames (truncated like the original)."""
