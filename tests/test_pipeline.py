@@ -8,7 +8,7 @@ from ditctrl import weights
 from ditctrl.checkpoints import POSITION_TABLE_KEY, read_transformer_state_dict
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
 from ditctrl.dit import DiffusionTransformer
-from ditctrl.pipeline import allocate_empty, build_transformer
+from ditctrl.pipeline import Pipeline, allocate_empty, build_transformer
 from ditctrl.synthetic_checkpoint import ensure_synthetic_checkpoints, write_transformer_checkpoint
 from tiny_models import SMALL_DIT, small_dit
 
@@ -86,3 +86,25 @@ def test_weight_check_builds_the_dit_without_allocating_its_layers(monkeypatch):
     weights.check_weights(cfg)
     dit = next(module for module in built if isinstance(module, DiffusionTransformer))
     assert {key for key, t in dit.state_dict().items() if t.device.type != "meta"} == {POSITION_TABLE_KEY}
+
+
+def test_decode_takes_one_row_at_a_time_as_the_original():
+    """An edit's (2, T, C, H, W) latent reaches the VAE one row at a time (the original's
+    `en_and_decode_n_samples_a_time: 1`), so two videos need the decode memory of one; each row's frames are its
+    own decode, (x + 1) / 2 in [0, 255]."""
+    cfg = load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], require_prompts=False)
+    ensure_synthetic_checkpoints(cfg)
+    pipeline = Pipeline(cfg, "cpu")
+    pipeline.load_vae()
+    seen, decode = [], pipeline.vae.decode
+    pipeline.vae.decode = lambda z, chunked: seen.append(z.shape[0]) or decode(z, chunked)
+    network = cfg.model.network_config.params
+    latent = torch.randn(2, 3, 16, network.latent_height, network.latent_width,
+                         generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        frames = pipeline.decode(latent)
+        for row in range(2):
+            video = decode((latent[row:row + 1] / cfg.model.scale_factor).permute(0, 2, 1, 3, 4), True)
+            expected = (255 * ((video.float() + 1) / 2).clamp(0, 1)).to(torch.uint8).permute(0, 2, 3, 4, 1)
+            assert torch.equal(frames[row:row + 1], expected)
+    assert seen == [1, 1] and frames.shape == (2, 9, 8 * network.latent_height, 8 * network.latent_width, 3)

@@ -140,16 +140,24 @@ class Pipeline:
                               sampler["shift_scale"])
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) fp32 latent -> (B, F, H·8, W·8, 3) uint8 frames (truncated like the original)."""
+        """(B, T, C, H, W) fp32 latent -> (B, F, H·8, W·8, 3) uint8 frames on the CPU (truncated like the original).
+
+        One row at a time, as the original (`en_and_decode_n_samples_a_time: 1`): an edit's two videos need the
+        memory of one."""
         if self.offload:
             self.dit.to("cpu")
             self.vae.to(self.device)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand the sampling activations' cached blocks to the decoder
-        z = (latent.to(self.dtype) / self.scale_factor).permute(0, 2, 1, 3, 4)
-        video = self.vae.decode(z.to(self.device), chunked=self.args.vae_chunked_decode)  # (B, 3, F, H, W)
+        frames = torch.cat([self._decode_row(row) for row in latent.split(1)])
         if self.offload:
             self.vae.to("cpu")
             self.dit.to(self.device)
+        return frames
+
+    def _decode_row(self, latent: torch.Tensor) -> torch.Tensor:
+        """(1, T, C, H, W) latent -> (1, F, H·8, W·8, 3) uint8 frames on the CPU."""
+        z = (latent.to(self.dtype) / self.scale_factor).permute(0, 2, 1, 3, 4)
+        video = self.vae.decode(z.to(self.device), chunked=self.args.vae_chunked_decode)  # (1, 3, F, H, W)
         frames = ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
         return (255 * frames).to(torch.uint8).cpu()
