@@ -410,10 +410,13 @@ COMPILED_ROSE_MIN_GAIN = 0.05  # rose is timed with the compiled DiT only when i
 FULL_SIZE_MATH_NOTE = "math not timed at full size: it builds the 4 x heads x N x N scores (about 75 GB in fp16)"
 
 
-def t5_block_bytes(dims: dict, element_size: int) -> int:
-    """Weight bytes of one T5 v1.1 encoder block: q, k, v, o, the gated feed-forward's three matrices, two norms."""
-    inner = dims["num_heads"] * dims["d_kv"]
-    return (4 * dims["d_model"] * inner + 3 * dims["d_model"] * dims["d_ff"] + 2 * dims["d_model"]) * element_size
+def t5_block_bytes(dims: dict, dtype) -> int:
+    """Weight bytes of one T5 v1.1 encoder block as loaded in `dtype`: q, k, v, o, the gated feed-forward's three
+    matrices, two norms; in fp16 transformers keeps the feed-forward output projection `wo` in fp32."""
+    inner, size = dims["num_heads"] * dims["d_kv"], torch.finfo(dtype).bits // 8
+    wo_size = torch.finfo(torch.float32).bits // 8 if dtype == torch.float16 else size
+    return ((4 * dims["d_model"] * inner + 2 * dims["d_model"] * dims["d_ff"] + 2 * dims["d_model"]) * size
+            + dims["d_model"] * dims["d_ff"] * wo_size)
 
 
 class RandomWeightPipeline(Pipeline):
@@ -453,7 +456,7 @@ def encode_section(bench) -> tuple[dict, list]:
     phase, pipeline = bench.encode_phase, bench.pipeline
     dims = pipeline.t5_dims
     missing_blocks = FULL_T5["num_layers"] - dims["num_layers"] if dims["d_model"] == FULL_T5["d_model"] else 0
-    extra_gib = missing_blocks * t5_block_bytes(dims, torch.finfo(pipeline.dtype).bits // 8) / GIB
+    extra_gib = missing_blocks * t5_block_bytes(dims, pipeline.dtype) / GIB
     result = {**phase, "t5": f"{dims['num_layers']} blocks, d_model {dims['d_model']}, random weights",
               "t5_xxl_extra_weights_gib": extra_gib,
               "note": f"the real t5-v1_1-xxl has {missing_blocks} more blocks: about {extra_gib:.1f} GiB more "

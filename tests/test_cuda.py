@@ -21,7 +21,8 @@ import torch
 from ditctrl.attention import AttentionController, AttentionVisualizer, ControlSchedule, KVSharing, MaskGuidedKVSharing, TokenReweighting
 from ditctrl.attention.kernels import BACKENDS, attention, attention_with_lse, backend_runs, probabilities, set_backend
 from ditctrl.pipeline import build_transformer
-from ditctrl.synthetic_checkpoint import randomize_module
+from ditctrl.synthetic_checkpoint import randomize_module, write_t5_folder
+from ditctrl.text_encoder import T5TextEncoder
 from ditctrl.vae import CogVideoXVAE
 from repo_paths import REPO
 from tiny_models import small_dit
@@ -93,6 +94,24 @@ def test_dit_in_low_precision_matches_fp32_cpu(reference_dit, dtype, record_prop
     batch = pair_batch(0)
     error = relative_error(run(model, AttentionController(), batch, 0),
                            run(reference_dit, AttentionController(), batch, 0, "cpu"))
+    record_property("relative_error", error)
+    assert error <= 8 * eps(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_t5_loads_onto_the_device_and_matches_fp32_cpu(tmp_path, dtype, record_property):
+    """T5 goes to the device as it is read, in `dtype`; in fp16 the feed-forward output projections `wo` stay fp32
+    (transformers' rule for T5 v1.1: 2 GB more for t5-v1_1-xxl). Tolerance 8·eps relative (L2), as the DiT: 2 blocks
+    of rounded weights and activations."""
+    write_t5_folder(tmp_path, d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16, seed=4)
+    encoder = T5TextEncoder(tmp_path, device=DEVICE, dtype=dtype)
+    placed = {name: (p.device.type, p.dtype) for name, p in encoder.model.named_parameters()}
+    kept_fp32 = dtype == torch.float16
+    expected = {name: (torch.device(DEVICE).type, torch.float32 if kept_fp32 and ".wo." in name else dtype)
+                for name in placed}
+    assert placed == expected
+    prompt = "a red rose in a garden, the camera pulls back"
+    error = relative_error(encoder.encode(prompt), T5TextEncoder(tmp_path, dtype=torch.float32).encode(prompt))
     record_property("relative_error", error)
     assert error <= 8 * eps(dtype)
 

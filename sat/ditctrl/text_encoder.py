@@ -67,8 +67,11 @@ class T5TextEncoder(T5Tokens):
         """`tokenizer_folder`: where the tokenizer is when not in `folder` (the diffusers layout's tokenizer/)."""
         check_t5_folder(folder, tokenizer_folder)
         super().__init__(tokenizer_folder or folder, max_length)
-        self.model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
-        self.model.to(device).eval().requires_grad_(False)
+        # straight onto the device (accelerate's device map), in `dtype`; in fp16 transformers keeps the feed-forward
+        # output projections in fp32 (`_keep_in_fp32_modules`: T5 v1.1 overflows in fp16 there)
+        self.model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype,
+                                                    device_map={"": torch.device(device)})
+        self.model.eval().requires_grad_(False)
         self.device = torch.device(device)
 
     @torch.no_grad()
