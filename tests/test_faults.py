@@ -232,6 +232,17 @@ def test_internal_error_is_one_line_with_the_log(monkeypatch, capsys, earlier_ru
     assert_untouched(rerun_folder, earlier_run[1])
 
 
+def test_out_of_gpu_memory_is_one_line_with_what_frees_memory(monkeypatch, capsys, earlier_run, rerun_folder):
+    """torch's OutOfMemoryError (CUDA's message has several lines) names the memory knobs, not an internal error."""
+    message = "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 23.64 GiB\nOf the ..."
+    monkeypatch.setattr(Pipeline, "decode", _raise(torch.OutOfMemoryError(message)))
+    assert guarded_edit(capsys, rerun_folder, "args.seed=7") == (1, (
+        "error: out of GPU memory (CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+        "23.64 GiB); args.offload=True keeps the VAE on the CPU while sampling and the DiT there while decoding; "
+        "README.md, 'What fits which GPU'; no output of this run was kept; earlier outputs are unchanged"))
+    assert_untouched(rerun_folder, earlier_run[1])
+
+
 def test_real_ctrl_c_during_a_run(earlier_run, rerun_folder):
     """A real Ctrl-C to a running entry script (sent once it holds the folder's lock)."""
     process = subprocess.Popen([sys.executable, "sat/sample_video_edit.py", *edit_argv(rerun_folder, "args.seed=7")],

@@ -5,6 +5,7 @@ when it finishes) and turns what escapes into one line on stderr and an exit sta
 
 * bad input already reported by the script (`SystemExit`): passed on (status 2);
 * a file that cannot be written (full disk, permissions): `error: cannot write …`, status 1;
+* the GPU's memory exhausted: `error: out of GPU memory (…)` with what frees memory, status 1;
 * Ctrl-C or SIGTERM: `interrupted: …`, status 130 / 143;
 * anything else is an internal error: one line saying so and where the full traceback was written, status 1.
 
@@ -23,6 +24,8 @@ import traceback
 from .output_files import OutputRun, OutputWriteError
 
 INTERRUPTED_NOTE = "no output of this run was kept; earlier outputs are unchanged"
+OUT_OF_MEMORY_HINT = ("args.offload=True keeps the VAE on the CPU while sampling and the DiT there while decoding; "
+                      "README.md, 'What fits which GPU'")
 COMMITTED_NOTE = "after this run's outputs were all written"
 USER_ERRORS = (ValueError, FileNotFoundError)  # bad input (MissingCheckpointError is a FileNotFoundError): status 2
 
@@ -52,9 +55,18 @@ def exit_status(error: BaseException) -> int:
     return 2 if isinstance(error, USER_ERRORS) else 1
 
 
-def _one_line(error: BaseException) -> str:
+def _first_line(error: BaseException) -> str:
     text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    return text.splitlines()[0] if text else ""
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {_first_line(error)}" if _first_line(error) else type(error).__name__
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # never imported here: an error of torch's means torch is loaded
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)
 
 
 def _stop(message: str, status: int):
@@ -80,6 +92,8 @@ def guarded(main, *args) -> None:
     except OutputWriteError as error:
         _stop(f"error: {error}; {INTERRUPTED_NOTE}", 1)
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line instead of a traceback
+        if _is_out_of_memory(error):
+            _stop(f"error: out of GPU memory ({_first_line(error)}); {OUT_OF_MEMORY_HINT}; {INTERRUPTED_NOTE}", 1)
         try:
             where = f"full log: {write_internal_log(error)}"
         except OSError as log_error:
