@@ -1,7 +1,7 @@
 # Shared body of the top-level run_*.sh scripts (sourced, not run, right after they cd to the repository root).
 # Usage from a run script:  run_case <entry script in sat/> <default case file> "$@"
 # Arguments: [CASE_FILE] [--model 2b|5b] [--tiny] [--gpus N] [key=value overrides, e.g. args.seed=7] [--prompts P1 P2 ...]
-# --gpus N (N > 1) starts N processes on this machine with torchrun (one per GPU; gloo processes on a CPU).
+# --gpus N (N > 1) starts N processes on this machine with sat/launch_ranks.py (one per GPU; gloo processes on a CPU).
 # --help shows the entry script's options. Any other option, or --model / --gpus without a value, is one error line.
 # CASE_FILE is any argument that is neither an option nor key=value (any name, not only *.yaml); a relative
 # path is taken from the caller's folder when it exists there, else from the repository root.
@@ -44,7 +44,7 @@ run_case() {
     fi
     local launcher=(python)
     if ((gpus > 1)); then
-        launcher=(torchrun --standalone --nproc_per_node="$gpus")
+        launcher=(python sat/launch_ranks.py "$gpus")
     else
         export WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1
     fi
