@@ -1,7 +1,8 @@
 # Shared body of the top-level run_*.sh scripts (sourced, not run, right after they cd to the repository root).
 # Usage from a run script:  run_case <entry script in sat/> <default case file> "$@"
 # Arguments: [CASE_FILE] [--model 2b|5b] [--tiny] [--gpus N] [key=value overrides, e.g. args.seed=7] [--prompts P1 P2 ...]
-# --gpus N (N > 1) starts N processes on this machine with torchrun (one per GPU; gloo processes on a CPU).
+# --gpus N (N > 1) starts N processes on this machine with sat/launch_ranks.py (one per GPU; gloo processes on a CPU).
+# --help shows the entry script's options. Any other option, or --model / --gpus without a value, is one error line.
 # CASE_FILE is any argument that is neither an option nor key=value (any name, not only *.yaml); a relative
 # path is taken from the caller's folder when it exists there, else from the repository root.
 # Everything after --prompts is a prompt (the entry script refuses a key=value there, with a hint).
@@ -12,13 +13,19 @@ run_case() {
     local tiny="" overrides=() rest=() model=2b gpus=1
     while [ $# -gt 0 ]; do
         case "$1" in
-            --model) model=${2:-}; shift ;;
+            --model) (($# > 1)) || { echo "error: --model needs a value: --model 2b|5b" >&2; return 2; }
+                model=$2; shift ;;
             --model=*) model=${1#--model=} ;;
             --tiny) tiny="--tiny" ;;
-            --gpus) gpus=${2:-}; shift ;;
+            --gpus) (($# > 1)) || { echo "error: --gpus needs a value: --gpus N, the number of processes" >&2
+                                    return 2; }
+                gpus=$2; shift ;;
             --gpus=*) gpus=${1#--gpus=} ;;
             --prompts|--) rest=("$@"); break ;;
-            -*) overrides+=("$1") ;;
+            -h|--help) python "sat/$script" --help; return ;;
+            -*) echo "error: unknown option '$1'; the run scripts take [CASE_FILE] [--model 2b|5b] [--tiny]" \
+                     "[--gpus N] [key=value ...] [--prompts P1 P2 ...] [--help]" >&2
+                return 2 ;;
             *=*) if [[ "$1" =~ ^[A-Za-z_][A-Za-z0-9_.-]*= ]]; then overrides+=("$1"); else case_file=$1; fi ;;
             *) case_file=$1 ;;
         esac
@@ -37,7 +44,7 @@ run_case() {
     fi
     local launcher=(python)
     if ((gpus > 1)); then
-        launcher=(torchrun --standalone --nproc_per_node="$gpus")
+        launcher=(python sat/launch_ranks.py "$gpus")
     else
         export WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1
     fi

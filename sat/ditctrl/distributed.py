@@ -1,7 +1,8 @@
-"""Several processes sharing one generation (started by torchrun), bitwise equal to one process.
+"""Several processes sharing one generation (started by sat/launch_ranks.py or torchrun), bitwise equal to one process.
 
-`torchrun --nproc_per_node=N sat/sample_video.py ...` starts N processes (ranks) with `WORLD_SIZE`, `RANK`,
-`LOCAL_RANK`, `MASTER_ADDR` and `MASTER_PORT` in their environment. `distributed_run()` joins them in one
+`python sat/launch_ranks.py N sat/sample_video.py ...` (the run scripts' `--gpus N`) and `torchrun
+--nproc_per_node=N sat/sample_video.py ...` start N processes (ranks) with `WORLD_SIZE`, `RANK`, `LOCAL_RANK`,
+`MASTER_ADDR` and `MASTER_PORT` in their environment. `distributed_run()` joins them in one
 torch.distributed process group (NCCL on CUDA, gloo on CPU) and initialises SAT's model-parallel state on
 it with model-parallel size 1 (every rank holds the whole model), so SAT's own initialisation finds both
 ready and initialises nothing a second time.
@@ -117,7 +118,7 @@ class Ranks:
 
 @contextmanager
 def distributed_run():
-    """The `Ranks` of this process, in the process group torchrun's environment describes (one process without).
+    """The `Ranks` of this process, in the process group its environment describes (one process without).
 
     A process torchrun started joins its group even alone (`--nproc_per_node=1`: the group and SAT's state
     are set up, nothing is exchanged). Ranks other than 0 print nothing on stdout and show no weight-loading

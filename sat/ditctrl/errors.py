@@ -9,7 +9,7 @@ when it finishes) and turns what escapes into one line on stderr and an exit sta
 * Ctrl-C or SIGTERM: `interrupted: …`, status 130 / 143;
 * anything else is an internal error: one line saying so and where the full traceback was written, status 1.
 
-With several ranks (torchrun) a failure on any rank reaches this function on the lowest failing rank
+With several ranks (distributed.py) a failure on any rank reaches this function on the lowest failing rank
 alone; the others end silently with its status (`distributed.Ranks.together`), so the job prints one line.
 
 Imports nothing heavy, so it can wrap the entry scripts' own imports.

@@ -74,8 +74,8 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
 
 
 def run_entry(entry_name: str, argv=None) -> dict:
-    """An entry script's whole run, on every rank torchrun started (distributed.py); returns the controllers by
-    name after their generation."""
+    """An entry script's whole run, on every rank of the job (distributed.py); returns the controllers by name after
+    their generation."""
     with distributed_run() as ranks:
         with user_errors(), ranks.together():
             cfg, plan, device = prepare_run(entry_name, argv, ranks)
