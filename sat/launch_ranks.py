@@ -4,7 +4,8 @@
 
 Each rank is `python <the arguments after N>` with the environment torchrun would give it (WORLD_SIZE, RANK,
 LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, MASTER_PORT a free port, OMP_NUM_THREADS=1 unless set), in a
-process group of its own, so a Ctrl-C reaches it once: forwarded from here.
+session of its own (Python 3.10's way to a process group of its own), so a Ctrl-C reaches it once: forwarded from
+here.
 
 The ranks agree on failures themselves (`distributed.Ranks.together`: the lowest failing rank prints the one line,
 the others end silently with its status), so on success or such a failure this launcher prints nothing and exits
@@ -78,9 +79,9 @@ def run_ranks(command: list, size: int) -> int:
 
     previous = {number: signal.signal(number, forward) for number in FORWARDED}
     try:
-        for rank in range(size):  # no stdin: a background process group reading the terminal would be stopped
+        for rank in range(size):  # a session (and process group) of its own, without the terminal: no stdin
             ranks.append(subprocess.Popen(command, env=rank_environment(rank, size, port), stdin=subprocess.DEVNULL,
-                                          process_group=0))
+                                          start_new_session=True))
             if received:  # a signal came while the ranks started: the new one gets it too
                 ranks[-1].send_signal(received[0])
         deadline = None
