@@ -22,12 +22,21 @@ from ditctrl.diffusers_layout import TRANSFORMER_NAMES, VAE_NAMES, NameMap
 from ditctrl.generation import encode_prompt_sets, sample_clip, sample_long
 from ditctrl.multi_prompt import long_noise
 from ditctrl.pipeline import Pipeline
-from ditctrl.weights import check_weights, weight_paths
+from ditctrl.weight_shapes import check_weight_shapes
+from ditctrl.weights import check_weight_files, weight_paths
 from ditctrl.segment_layout import segment_layout
 from ditctrl.synthetic_checkpoint import write_synthetic_checkpoints
 
 STEPS = 3
 PROMPTS = ["a red car on a street", "a blue car on a street"]
+
+
+def check_weights(cfg) -> dict:
+    """The checks a run makes before model work: every file there (a diffusers folder's configs taken into
+    `cfg.model`), then every tensor's name and shape; returns the weight paths."""
+    paths = check_weight_files(cfg)
+    check_weight_shapes(cfg, paths)
+    return paths
 
 
 def tiny_config(load, sat_folder):

@@ -328,6 +328,7 @@ MODEL_VALUE_RULES = {
     "network_config.params.spatial_interpolation": _POSITIVE_NUMBER,
     "network_config.params.temporal_interpolation": _POSITIVE_NUMBER,
     "network_config.params.elementwise_affine": _FLAG,
+    "name": _TEXT,
     "conditioner_config.params.model_dir": _TEXT,
     "conditioner_config.params.max_length": _POSITIVE_INT,
     "first_stage_config.ckpt_path": _TEXT,
