@@ -16,6 +16,7 @@ from ditctrl.config import (
     resolve_device,
     write_resolved_config,
 )
+from ditctrl.weights import weight_paths
 
 # Spec ditctrl.md §2.2: the reference inference.yaml `args`, key for key, less the keys that no longer do anything.
 RETIRED = {"mode": "inference", "batch_size": 1, "force_inference": True, "is_edit": False}
@@ -229,6 +230,26 @@ def test_resolve_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
     assert resolve_device("cuda:1") == "cuda:1"
+
+
+def test_user_paths_expand_the_home_folder(monkeypatch, tmp_path):
+    """`~` in the case file's path, in a case file's values and in key=~/x overrides is the home folder: the
+    weights are looked for there and the outputs go there, never into a folder named `~`."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    write_yaml(home, "case.yaml", {"args": {"output_dir": "~/out", "prompts": ["a cat"]}})
+    cfg = parse_cli(["--base", config.MODEL_CONFIG, "--custom-config", "~/case.yaml", "args.load=~/weights",
+                     "args.mask_save_dir=~/masks", "model.first_stage_config.ckpt_path=~/vae/3d-vae.pt",
+                     "model.conditioner_config.params.model_dir=~/t5"])
+    assert (cfg.args.output_dir, cfg.args.mask_save_dir) == (str(home / "out"), str(home / "masks"))
+    paths = weight_paths(cfg)
+    assert (paths["transformer"], paths["vae"], paths["t5"]) == (
+        str(home / "weights"), str(home / "vae" / "3d-vae.pt"), str(home / "t5"))
+    prepare_output_dir(cfg.args.output_dir, [], [cfg.args.mask_save_dir])
+    assert (home / "out").is_dir() and (home / "masks").is_dir() and os.listdir(work) == []
 
 
 def test_output_dir_that_cannot_be_created_is_named(tmp_path):

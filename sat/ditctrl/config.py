@@ -87,6 +87,7 @@ BOOL = ArgType("a bool", _accepting(lambda value: isinstance(value, bool)))
 INT = ArgType("an int", _accepting(_is_int))
 FLOAT = ArgType("a number", _accepting(lambda value: _is_int(value) or isinstance(value, float), float))
 STR = ArgType("a string", _accepting(lambda value: isinstance(value, str)))
+PATH = ArgType(STR.description, lambda value: os.path.expanduser(STR.normalise(value)))  # ~ is the home folder
 INT_LIST = _list_of(INT, "a list of ints")
 STR_LIST = _list_of(STR, "a list of strings")
 # A bare int stands for a one-element list.
@@ -95,9 +96,11 @@ INT_OR_INT_LIST = ArgType(
     "an int or a list of ints", lambda value: value if _is_int(value) else INT_LIST.normalise(value)
 )
 
-# Keys whose inference.yaml default is null or does not show the type.
+# Keys whose inference.yaml default is null or does not show the type, and the paths.
 _DECLARED_TYPES = {
-    "load": _optional(STR),  # null: no transformer checkpoint to load
+    "load": _optional(PATH),  # null: no transformer checkpoint to load
+    "output_dir": PATH,
+    "mask_save_dir": PATH,
     "layer_idx": _optional(INT_LIST),
     "step_idx": _optional(INT_LIST),
     "ref_token_idx": TOKEN_LIST,
@@ -142,6 +145,7 @@ def _suggestion(word: str, choices: Iterable[str], otherwise: str = "") -> str:
 
 
 def _read_yaml(path: str):
+    path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:

@@ -4,7 +4,7 @@ transformers: a missing download is reported at once. Their tensor names and sha
 `args.load` names either a diffusers folder (`model_index.json`: every part inside, e.g. the
 `huggingface-cli download THUDM/CogVideoX-2b` folder) or a SAT transformer folder (`latest`; the VAE
 and T5 then come from `model.first_stage_config.ckpt_path` and the conditioner's `model_dir`).
-Relative paths are resolved from the `sat/` folder.
+Relative paths are resolved from the `sat/` folder; a leading `~` is the user's home folder.
 """
 import os
 
@@ -18,6 +18,7 @@ SAT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def weight_path(path: str) -> str:
+    path = os.path.expanduser(path)
     return path if os.path.isabs(path) else os.path.join(SAT_DIR, path)
 
 
