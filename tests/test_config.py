@@ -228,8 +228,29 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("cpu") == "cpu"
     assert error_of(resolve_device, "cuda:1") == "args.device is 'cuda:1' but CUDA is not available; use auto or cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("auto") == "cuda"
     assert resolve_device("cuda:1") == "cuda:1"
+
+
+def test_cuda_index_must_name_a_device_of_this_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert error_of(resolve_device, "cuda:5") == (
+        "args.device is 'cuda:5' but this machine has 2 CUDA device(s), cuda:0 to cuda:1")
+    assert error_of(resolve_device, "cuda:2").startswith("args.device is 'cuda:2' but this machine has 2 ")
+
+
+def test_full_size_model_never_falls_back_to_the_cpu_unasked(monkeypatch):
+    """auto without CUDA: the tiny model runs on the CPU, a full-size one is refused unless args.device=cpu."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", full_size=False) == "cpu"
+    assert resolve_device("cpu", full_size=True) == "cpu"
+    assert error_of(resolve_device, "auto", full_size=True) == (
+        "args.device is auto but no CUDA device was found, and a full-size model takes hours per video on the CPU; "
+        "args.device=cpu runs it on the CPU anyway (--tiny runs the tiny model)")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", full_size=True) == "cuda"
 
 
 def test_user_paths_expand_the_home_folder(monkeypatch, tmp_path):

@@ -9,10 +9,14 @@ import sys
 
 import imageio.v3 as iio
 import pytest
+import torch
 import yaml
 
 import sample_video
 import sample_video_edit
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
+from ditctrl.synthetic_checkpoint import ensure_synthetic_checkpoints
+from ditctrl.weights import weight_paths
 from repo_paths import BASE, REPO
 
 FAST = ["model.sampler_config.params.num_steps=4"]
@@ -185,6 +189,21 @@ def test_tiny_note_names_the_configured_model(capsys, model):
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: --tiny")]
     assert notes == ["note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, not the "
                      f"picture (real videos need the real CogVideoX-{model} weights, see README.md)"]
+
+
+def test_full_size_model_on_auto_without_cuda_is_refused_before_model_work(capsys, monkeypatch, tmp_path):
+    """args.device auto, no CUDA device, full-size model (weights present: the tiny files under the full-size
+    config, whose shapes are checked only after the device): one line, before model work."""
+    tiny_cfg = load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], require_prompts=False)
+    ensure_synthetic_checkpoints(tiny_cfg)
+    tiny = weight_paths(tiny_cfg)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    error = user_error(capsys, sample_video.main, [
+        *BASE, "--custom-config", ROSE, f"args.output_dir={tmp_path / 'out'}", f"args.load={tiny['transformer']}",
+        f"model.first_stage_config.ckpt_path={tiny['vae']}", f"model.conditioner_config.params.model_dir={tiny['t5']}"])
+    assert error == ("error: args.device is auto but no CUDA device was found, and a full-size model takes hours per "
+                     "video on the CPU; args.device=cpu runs it on the CPU anyway (--tiny runs the tiny model)")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unwritable_output_dir(out, capsys):

@@ -426,17 +426,27 @@ def check_attention_backend(name: str, device: str, dtype, head_dim: int) -> Non
                           f"with head size {head_dim}; use auto (or math)") from None
 
 
-def resolve_device(name: str) -> str:
-    """The torch device for `args.device`: 'auto' is cuda when available, else cpu."""
+def resolve_device(name: str, full_size: bool = False) -> str:
+    """The torch device for `args.device`: 'auto' is cuda when available, else cpu; a CUDA index must name a device.
+
+    For a `full_size` model (hours per video on a CPU) 'auto' without CUDA is refused: args.device=cpu asks for it.
+    """
     import torch  # here, so that --help and config errors never wait for torch
 
     cuda_available = torch.cuda.is_available()
     if name == "auto":
+        _require(cuda_available or not full_size,
+                 "args.device is auto but no CUDA device was found, and a full-size model takes hours per video on "
+                 "the CPU; args.device=cpu runs it on the CPU anyway (--tiny runs the tiny model)")
         return "cuda" if cuda_available else "cpu"
     _require(
         cuda_available or not name.startswith("cuda"),
         f"args.device is '{name}' but CUDA is not available; use auto or cpu",
     )
+    if name.startswith("cuda:"):
+        count = torch.cuda.device_count()
+        _require(int(name.removeprefix("cuda:")) < count,
+                 f"args.device is '{name}' but this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return name
 
 

@@ -57,7 +57,7 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     paths = check_weight_files(cfg)  # a diffusers folder's configs fix the model shape the checks below use
     check_run(entry, cfg, prompts)
     plan = plan_run(entry, cfg.args, prompts)
-    device = resolve_device(cfg.args.device)  # the first check that imports torch
+    device = resolve_device(cfg.args.device, full_size=not tiny)  # the first check that imports torch
     if ranks.size > 1 and device.startswith("cuda"):
         device = ranks.device
     from .pipeline import check_decode_memory, run_dtype
