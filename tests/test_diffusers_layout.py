@@ -73,6 +73,7 @@ def save_with_diffusers(cfg, folder):
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
+    (root / "sat").mkdir()  # the writer makes a folder outside sat/ only inside an existing one
     sat_cfg = tiny_config(root / "sat" / "transformer", root / "sat")
     write_synthetic_checkpoints(sat_cfg)
     save_with_diffusers(sat_cfg, root / "hf")
@@ -217,6 +218,7 @@ def test_writer_writes_a_5b_diffusers_folder_that_diffusers_and_the_sat_layout_a
                  f"model.conditioner_config.params.model_dir={tmp_path}/sat/t5"]
     hf_cfg = load_config(base, overrides=[f"args.load={tmp_path}/hf", *overrides], require_prompts=False)
     sat_cfg = load_config(base, overrides=[f"args.load={tmp_path}/sat/transformer", *overrides], require_prompts=False)
+    (tmp_path / "sat").mkdir()
     write_synthetic_checkpoints(hf_cfg, layout="diffusers", max_shard_bytes=200_000)
     write_synthetic_checkpoints(sat_cfg)
     declared = OmegaConf.to_container(hf_cfg.model)

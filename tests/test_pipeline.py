@@ -9,7 +9,8 @@ from ditctrl.checkpoints import POSITION_TABLE_KEY, read_transformer_state_dict
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
 from ditctrl.dit import DiffusionTransformer
 from ditctrl.pipeline import allocate_empty, build_transformer
-from ditctrl.synthetic_checkpoint import ensure_synthetic_checkpoints, write_transformer_checkpoint
+from ditctrl.synthetic_checkpoint import write_transformer_checkpoint
+from ditctrl.synthetic_folders import ensure_synthetic_checkpoints
 from tiny_models import SMALL_DIT, small_dit
 
 

@@ -15,7 +15,7 @@ import yaml
 import sample_video
 import sample_video_edit
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
-from ditctrl.synthetic_checkpoint import ensure_synthetic_checkpoints
+from ditctrl.synthetic_folders import ensure_synthetic_checkpoints
 from ditctrl.weights import weight_paths
 from repo_paths import BASE, REPO
 
@@ -183,7 +183,7 @@ def stop_after_the_note(cfg):
 @pytest.mark.parametrize("model", ["2b", "5b"])
 def test_tiny_note_names_the_configured_model(capsys, model):
     with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit):
-        patch.setattr("ditctrl.synthetic_checkpoint.ensure_synthetic_checkpoints", stop_after_the_note)  # the next step
+        patch.setattr("ditctrl.runs.ensure_synthetic_checkpoints", stop_after_the_note)  # the next step
         sample_video.main(["--base", f"configs/cogvideox_{model}.yaml", "configs/inference.yaml", "--custom-config",
                            ROSE, "--tiny"])
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: --tiny")]
@@ -242,10 +242,11 @@ def test_edit_refuses_the_visualiser(out, capsys):
     (["args.seed=0"], 2, "error: args.seed must be > 0"),
     (["args.load=/no/such/weights"], 2, "error: missing checkpoint /no/such/weights; "),
     ([f"args.load={REPO}/configs"], 2, f"error: {REPO}/configs is neither a diffusers folder"),
+    (["--tiny", "args.load=/no/such/weights"], 2, "error: refusing to write random weights into /no/such/weights: "),
 ])
 def test_help_config_errors_and_missing_weights_import_no_torch(argv, code, error):
-    """--help, config errors and missing or unrecognised weights answer before torch, SAT or transformers are
-    imported."""
+    """--help, config errors, missing or unrecognised weights and a folder the --tiny writer must not make answer
+    before torch, SAT or transformers are imported."""
     probe = ("import sys; sys.path.insert(0, 'sat'); import sample_video\n"
              "try:\n    sample_video.main(sys.argv[1:])\n"
              "except SystemExit as stop:\n"

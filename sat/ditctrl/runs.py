@@ -12,6 +12,7 @@ from .config import (announce_overwrites, check_attention_backend, expand_prompt
 from .distributed import Ranks, distributed_run
 from .errors import USER_ERRORS
 from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
+from .synthetic_folders import ensure_synthetic_checkpoints
 from .weights import check_weight_files, weight_paths
 
 
@@ -49,7 +50,6 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     validate_model(cfg)
     prompts = expand_prompts(cfg.args)
     if tiny:
-        from .synthetic_checkpoint import ensure_synthetic_checkpoints
         print(random_weights_note(cfg.model.name))
         with ranks.together():  # the machine's other ranks wait for its weights
             if ranks.local_rank == 0:
