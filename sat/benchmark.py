@@ -65,8 +65,8 @@ from ditctrl.output_files import write_text  # noqa: E402
 from ditctrl.pipeline import Pipeline, build_transformer, run_dtype  # noqa: E402
 from ditctrl.weights import weight_paths  # noqa: E402
 from ditctrl.segment_layout import segment_layout, video_frames  # noqa: E402
-from ditctrl.synthetic_checkpoint import (FULL_T5, build_random, ensure_synthetic_checkpoints,  # noqa: E402
-                                          write_t5_folder, write_transformer_checkpoint)
+from ditctrl.synthetic_checkpoint import FULL_T5, build_random, write_t5_folder, write_transformer_checkpoint  # noqa: E402
+from ditctrl.synthetic_folders import ensure_synthetic_checkpoints  # noqa: E402
 from ditctrl.vae import CogVideoXVAE  # noqa: E402
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -772,6 +772,8 @@ def main(argv=None) -> dict:
     if options.gpu_check:
         return gpu_check(options)
     cfg = benchmark_config(options)
+    if options.checkpoint_dir is not None:  # named to hold them: made like --out's folder (the writer makes only
+        os.makedirs(options.checkpoint_dir, exist_ok=True)  # the part folders inside it)
     ensure_synthetic_checkpoints(cfg, options.device)
     results = {"settings": {
         "size": "tiny" if options.tiny else "full", "device": device_name(options.device), "dtype": options.dtype,

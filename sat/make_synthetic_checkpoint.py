@@ -22,7 +22,8 @@ from ditctrl.config import MODEL_CONFIG, load_config, tiny_config_for, validate_
 from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.weights import weight_paths  # noqa: E402
 from ditctrl.runs import user_errors  # noqa: E402
-from ditctrl.synthetic_checkpoint import PARTS, claim_part_folders, missing_parts, write_synthetic_checkpoints  # noqa: E402,E501
+from ditctrl.synthetic_checkpoint import write_synthetic_checkpoints  # noqa: E402
+from ditctrl.synthetic_folders import PARTS, claim_part_folders, missing_parts  # noqa: E402
 
 
 def main(argv=None):

@@ -16,6 +16,7 @@ from ditctrl.config import (
     resolve_device,
     write_resolved_config,
 )
+from ditctrl.weights import weight_paths
 
 # Spec ditctrl.md §2.2: the reference inference.yaml `args`, key for key, less the keys that no longer do anything.
 RETIRED = {"mode": "inference", "batch_size": 1, "force_inference": True, "is_edit": False}
@@ -227,8 +228,49 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("cpu") == "cpu"
     assert error_of(resolve_device, "cuda:1") == "args.device is 'cuda:1' but CUDA is not available; use auto or cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("auto") == "cuda"
     assert resolve_device("cuda:1") == "cuda:1"
+
+
+def test_cuda_index_must_name_a_device_of_this_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert error_of(resolve_device, "cuda:5") == (
+        "args.device is 'cuda:5' but this machine has 2 CUDA device(s), cuda:0 to cuda:1")
+    assert error_of(resolve_device, "cuda:2").startswith("args.device is 'cuda:2' but this machine has 2 ")
+
+
+def test_full_size_model_never_falls_back_to_the_cpu_unasked(monkeypatch):
+    """auto without CUDA: the tiny model runs on the CPU, a full-size one is refused unless args.device=cpu."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", full_size=False) == "cpu"
+    assert resolve_device("cpu", full_size=True) == "cpu"
+    assert error_of(resolve_device, "auto", full_size=True) == (
+        "args.device is auto but no CUDA device was found, and a full-size model takes hours per video on the CPU; "
+        "args.device=cpu runs it on the CPU anyway (--tiny runs the tiny model)")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", full_size=True) == "cuda"
+
+
+def test_user_paths_expand_the_home_folder(monkeypatch, tmp_path):
+    """`~` in the case file's path, in a case file's values and in key=~/x overrides is the home folder: the
+    weights are looked for there and the outputs go there, never into a folder named `~`."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    write_yaml(home, "case.yaml", {"args": {"output_dir": "~/out", "prompts": ["a cat"]}})
+    cfg = parse_cli(["--base", config.MODEL_CONFIG, "--custom-config", "~/case.yaml", "args.load=~/weights",
+                     "args.mask_save_dir=~/masks", "model.first_stage_config.ckpt_path=~/vae/3d-vae.pt",
+                     "model.conditioner_config.params.model_dir=~/t5"])
+    assert (cfg.args.output_dir, cfg.args.mask_save_dir) == (str(home / "out"), str(home / "masks"))
+    paths = weight_paths(cfg)
+    assert (paths["transformer"], paths["vae"], paths["t5"]) == (
+        str(home / "weights"), str(home / "vae" / "3d-vae.pt"), str(home / "t5"))
+    prepare_output_dir(cfg.args.output_dir, [], [cfg.args.mask_save_dir])
+    assert (home / "out").is_dir() and (home / "masks").is_dir() and os.listdir(work) == []
 
 
 def test_output_dir_that_cannot_be_created_is_named(tmp_path):

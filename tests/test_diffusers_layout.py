@@ -22,12 +22,21 @@ from ditctrl.diffusers_layout import TRANSFORMER_NAMES, VAE_NAMES, NameMap
 from ditctrl.generation import encode_prompt_sets, sample_clip, sample_long
 from ditctrl.multi_prompt import long_noise
 from ditctrl.pipeline import Pipeline
-from ditctrl.weights import check_weights, weight_paths
+from ditctrl.weight_shapes import check_weight_shapes
+from ditctrl.weights import check_weight_files, weight_paths
 from ditctrl.segment_layout import segment_layout
 from ditctrl.synthetic_checkpoint import write_synthetic_checkpoints
 
 STEPS = 3
 PROMPTS = ["a red car on a street", "a blue car on a street"]
+
+
+def check_weights(cfg) -> dict:
+    """The checks a run makes before model work: every file there (a diffusers folder's configs taken into
+    `cfg.model`), then every tensor's name and shape; returns the weight paths."""
+    paths = check_weight_files(cfg)
+    check_weight_shapes(cfg, paths)
+    return paths
 
 
 def tiny_config(load, sat_folder):
@@ -64,6 +73,7 @@ def save_with_diffusers(cfg, folder):
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
+    (root / "sat").mkdir()  # the writer makes a folder outside sat/ only inside an existing one
     sat_cfg = tiny_config(root / "sat" / "transformer", root / "sat")
     write_synthetic_checkpoints(sat_cfg)
     save_with_diffusers(sat_cfg, root / "hf")
@@ -208,6 +218,7 @@ def test_writer_writes_a_5b_diffusers_folder_that_diffusers_and_the_sat_layout_a
                  f"model.conditioner_config.params.model_dir={tmp_path}/sat/t5"]
     hf_cfg = load_config(base, overrides=[f"args.load={tmp_path}/hf", *overrides], require_prompts=False)
     sat_cfg = load_config(base, overrides=[f"args.load={tmp_path}/sat/transformer", *overrides], require_prompts=False)
+    (tmp_path / "sat").mkdir()
     write_synthetic_checkpoints(hf_cfg, layout="diffusers", max_shard_bytes=200_000)
     write_synthetic_checkpoints(sat_cfg)
     declared = OmegaConf.to_container(hf_cfg.model)

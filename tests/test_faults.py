@@ -27,7 +27,7 @@ from ditctrl.output_files import LOCK_NAME, PARTIAL_TAG
 from ditctrl.pipeline import Pipeline
 from ditctrl.weights import weight_paths
 from ditctrl.runs import run_entry
-from ditctrl.synthetic_checkpoint import SYNTHETIC_MARK
+from ditctrl.synthetic_folders import SYNTHETIC_MARK
 from repo_paths import BASE, REPO, SAT
 
 import make_synthetic_checkpoint
@@ -383,6 +383,16 @@ def test_tiny_never_writes_into_a_real_looking_folder(capsys, tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_tiny_never_makes_a_mistyped_folder_outside_sat(capsys, tmp_path):
+    """Outside sat/ the writer makes a missing folder only inside an existing one: a mistyped path creates nothing."""
+    load = tmp_path / "typo" / "transformer"
+    status, line = guarded_edit(capsys, tmp_path / "out", f"args.load={load}")
+    assert status == 2
+    assert line == (f"error: refusing to write random weights into {load}: {tmp_path / 'typo'} does not exist "
+                    "(outside sat/ the synthetic writer only makes a folder inside an existing one); check the path")
+    assert os.listdir(tmp_path) == []
+
+
 def test_synthetic_writer_refuses_real_folders_even_with_force(capsys, tmp_path):
     real_looking_checkpoints(tmp_path / "real")
     base = tmp_path / "paths.yaml"
@@ -401,6 +411,7 @@ def test_synthetic_writer_refuses_real_folders_even_with_force(capsys, tmp_path)
 def test_synthetic_writer_completes_only_its_own_missing_parts(capsys, tmp_path):
     """In its own (marked) folder a missing part is written; the parts present are reused byte for byte."""
     own = tmp_path / "own"
+    own.mkdir()
     base = tmp_path / "paths.yaml"
     base.write_text(yaml.safe_dump({"args": {"load": str(own / "transformer")},
                                     "model": {"first_stage_config": {"ckpt_path": str(own / "vae" / "3d-vae.pt")}}}))

@@ -4,12 +4,13 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ditctrl import weights
+from ditctrl import weight_shapes, weights
 from ditctrl.checkpoints import POSITION_TABLE_KEY, read_transformer_state_dict
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
 from ditctrl.dit import DiffusionTransformer
 from ditctrl.pipeline import Pipeline, allocate_empty, build_transformer
-from ditctrl.synthetic_checkpoint import ensure_synthetic_checkpoints, write_transformer_checkpoint
+from ditctrl.synthetic_checkpoint import write_transformer_checkpoint
+from ditctrl.synthetic_folders import ensure_synthetic_checkpoints
 from tiny_models import SMALL_DIT, small_dit
 
 
@@ -77,13 +78,13 @@ def test_weights_already_in_the_run_dtype_are_used_from_the_memory_mapped_file(t
 
 
 def test_weight_check_builds_the_dit_without_allocating_its_layers(monkeypatch):
-    """check_weights compares shapes only: the DiT it builds for them holds no layer weight in memory (SAT
+    """check_weight_shapes compares shapes only: the DiT it builds for them holds no layer weight in memory (SAT
     names the CPU for its layers; only the position table, computed from numpy, is real)."""
     cfg = load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], require_prompts=False)
     ensure_synthetic_checkpoints(cfg)
-    built, shapes_of = [], weights.model_shapes
-    monkeypatch.setattr(weights, "model_shapes", lambda module: built.append(module) or shapes_of(module))
-    weights.check_weights(cfg)
+    built, shapes_of = [], weight_shapes.model_shapes
+    monkeypatch.setattr(weight_shapes, "model_shapes", lambda module: built.append(module) or shapes_of(module))
+    weight_shapes.check_weight_shapes(cfg, weights.check_weight_files(cfg))
     dit = next(module for module in built if isinstance(module, DiffusionTransformer))
     assert {key for key, t in dit.state_dict().items() if t.device.type != "meta"} == {POSITION_TABLE_KEY}
 

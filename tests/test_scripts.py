@@ -9,13 +9,18 @@ import sys
 
 import imageio.v3 as iio
 import pytest
+import torch
 import yaml
 
 import sample_video
 import sample_video_edit
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
+from ditctrl.synthetic_folders import ensure_synthetic_checkpoints
+from ditctrl.weights import weight_paths
 from repo_paths import BASE, REPO
 
 FAST = ["model.sampler_config.params.num_steps=4"]
+ROSE = "inference_case_configs/multi_prompts/rose.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("in_repo")
@@ -136,17 +141,69 @@ def test_visualize(out):
      "same number of tokens"),
 ])
 def test_bad_input_is_one_line_before_model_work(out, capsys, args, message):
-    error = user_error(capsys, multi_prompt, "inference_case_configs/multi_prompts/rose.yaml",
+    error = user_error(capsys, multi_prompt, ROSE,
                        f"args.output_dir={out / 'bad'}", *args)
     assert message in error
 
 
-def test_missing_real_weights_name_the_paths_and_the_way_out():
-    result = run_script("run_multi_prompt.sh", check=False)
+def command_line(model, *overrides):
+    """The line a run script prints before it runs its entry script (sat/run_case.sh)."""
+    return " ".join(["python sat/sample_video.py --base", f"configs/cogvideox_{model}.yaml", "configs/inference.yaml",
+                     "--custom-config", os.path.join(REPO, ROSE), *overrides])
+
+
+@pytest.mark.parametrize("model", ["2b", "5b"])
+def test_missing_real_weights_are_the_only_output_and_name_the_model_s_download(model):
+    """Without the weights: the command line, then one error line naming the path and the configured model's
+    download; no library line on either stream (the check runs before torch and SAT are imported)."""
+    assert not os.path.exists(os.path.join(REPO, "sat", f"CogVideoX-{model}"))
+    result = run_script("run_multi_prompt.sh", "--model", model, check=False)
+    name = f"CogVideoX-{model}"
     assert result.returncode == 2
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith(f"error: missing checkpoint {REPO}/sat/CogVideoX-2b; ") and "--tiny" in error
-    assert "huggingface-cli download THUDM/CogVideoX-2b --local-dir sat/CogVideoX-2b" in error
+    assert result.stdout.splitlines() == [command_line(model)]
+    assert result.stderr.splitlines() == [
+        f"error: missing checkpoint {REPO}/sat/{name}; see README.md, section 'Download the weights', or run with "
+        f"--tiny. In short: huggingface-cli download THUDM/{name} --local-dir sat/{name}"]
+
+
+def test_weights_folder_of_neither_layout_is_the_only_output(tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    result = run_script("run_multi_prompt.sh", f"args.load={tmp_path}", check=False)
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [command_line("2b", f"args.load={tmp_path}")]
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path} is neither a diffusers folder (model_index.json, e.g. from huggingface-cli download "
+        "THUDM/CogVideoX-2b) nor a SAT transformer folder (latest + <iteration>/)"]
+
+
+def stop_after_the_note(cfg):
+    raise ValueError("stopped after the note")
+
+
+@pytest.mark.parametrize("model", ["2b", "5b"])
+def test_tiny_note_names_the_configured_model(capsys, model):
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit):
+        patch.setattr("ditctrl.runs.ensure_synthetic_checkpoints", stop_after_the_note)  # the next step
+        sample_video.main(["--base", f"configs/cogvideox_{model}.yaml", "configs/inference.yaml", "--custom-config",
+                           ROSE, "--tiny"])
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: --tiny")]
+    assert notes == ["note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, not the "
+                     f"picture (real videos need the real CogVideoX-{model} weights, see README.md)"]
+
+
+def test_full_size_model_on_auto_without_cuda_is_refused_before_model_work(capsys, monkeypatch, tmp_path):
+    """args.device auto, no CUDA device, full-size model (weights present: the tiny files under the full-size
+    config, whose shapes are checked only after the device): one line, before model work."""
+    tiny_cfg = load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], require_prompts=False)
+    ensure_synthetic_checkpoints(tiny_cfg)
+    tiny = weight_paths(tiny_cfg)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    error = user_error(capsys, sample_video.main, [
+        *BASE, "--custom-config", ROSE, f"args.output_dir={tmp_path / 'out'}", f"args.load={tiny['transformer']}",
+        f"model.first_stage_config.ckpt_path={tiny['vae']}", f"model.conditioner_config.params.model_dir={tiny['t5']}"])
+    assert error == ("error: args.device is auto but no CUDA device was found, and a full-size model takes hours per "
+                     "video on the CPU; args.device=cpu runs it on the CPU anyway (--tiny runs the tiny model)")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unwritable_output_dir(out, capsys):
@@ -180,16 +237,24 @@ def test_edit_refuses_the_visualiser(out, capsys):
         "args.adaln_mixin_names=[VisualizeAdaLNMixin]")
 
 
-@pytest.mark.parametrize("argv, code", [(["--help"], 0), (["args.seed=0"], 2)])
-def test_help_and_config_errors_import_no_torch(argv, code):
-    """--help and config errors answer before torch, SAT or transformers are imported."""
+@pytest.mark.parametrize("argv, code, error", [
+    (["--help"], 0, None),
+    (["args.seed=0"], 2, "error: args.seed must be > 0"),
+    (["args.load=/no/such/weights"], 2, "error: missing checkpoint /no/such/weights; "),
+    ([f"args.load={REPO}/configs"], 2, f"error: {REPO}/configs is neither a diffusers folder"),
+    (["--tiny", "args.load=/no/such/weights"], 2, "error: refusing to write random weights into /no/such/weights: "),
+])
+def test_help_config_errors_and_missing_weights_import_no_torch(argv, code, error):
+    """--help, config errors, missing or unrecognised weights and a folder the --tiny writer must not make answer
+    before torch, SAT or transformers are imported."""
     probe = ("import sys; sys.path.insert(0, 'sat'); import sample_video\n"
              "try:\n    sample_video.main(sys.argv[1:])\n"
              "except SystemExit as stop:\n"
              "    heavy = sorted({'torch', 'sat', 'transformers'} & set(sys.modules))\n"
              "    print('heavy:', heavy); sys.exit(stop.code)")
-    result = subprocess.run([sys.executable, "-c", probe, *BASE, "--custom-config",
-                             "inference_case_configs/multi_prompts/rose.yaml", *argv],
+    result = subprocess.run([sys.executable, "-c", probe, *BASE, "--custom-config", ROSE, *argv],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == code, result.stderr
     assert "heavy: []" in result.stdout
+    if error:
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(error), result.stderr

@@ -16,6 +16,9 @@ Files are loaded with ``torch.load(weights_only=True)``. A file that holds other
 (DeepSpeed writes ``args`` and the like next to the weights) is refused by that mode; it is then
 loaded again with ``weights_only=False`` and a warning. That executes the file's pickle code, so it
 is only safe for files from a source the user trusts (the official download).
+
+torch is imported only by the functions that read tensors, so the presence checks (``check_t5_folder``,
+``MissingCheckpointError``) answer before it loads.
 """
 import json
 import os
@@ -23,7 +26,6 @@ import pickle
 import warnings
 import zipfile
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 DIT_PREFIX = "model.diffusion_model."
@@ -42,16 +44,22 @@ DIT_FILE_NAME = "mp_rank_00_model_states.pt"
 VAE_TRAINING_PREFIX = "loss."
 T5_SINGLE_WEIGHTS_NAME = "model.safetensors"
 T5_INDEX_NAME = T5_SINGLE_WEIGHTS_NAME + ".index.json"
-DOWNLOAD_HINT = ("see README.md, section 'Download the weights', or run with --tiny. In short: "
-                 "huggingface-cli download THUDM/CogVideoX-2b --local-dir sat/CogVideoX-2b")
+README_HINT = "see README.md, section 'Download the weights', or run with --tiny"
+
+
+def download_hint(model_name=None) -> str:
+    """Where to get the weights; with `model_name` (the config's `model.name`, e.g. CogVideoX-5b) the download command."""
+    if model_name is None:
+        return README_HINT
+    return f"{README_HINT}. In short: huggingface-cli download THUDM/{model_name} --local-dir sat/{model_name}"
 
 
 class MissingCheckpointError(FileNotFoundError):
-    """A checkpoint file or folder the run needs is not on disk."""
+    """A checkpoint file or folder the run needs is not on disk; `model_name` names the download that holds it."""
 
-    def __init__(self, *paths):
+    def __init__(self, *paths, model_name=None):
         self.paths = paths
-        super().__init__(f"missing checkpoint {', '.join(map(str, paths))}; {DOWNLOAD_HINT}")
+        super().__init__(f"missing checkpoint {', '.join(map(str, paths))}; {download_hint(model_name)}")
 
 
 def _require(path, is_dir=False):
@@ -61,6 +69,8 @@ def _require(path, is_dir=False):
 
 
 def _torch_load(path):
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
@@ -273,6 +283,8 @@ def load_strict(module, source, what, ignore=()):
     Names in `ignore` may be absent from it (e.g. a recomputed fixed table); when present they are loaded
     like any other. Tensors are read in the dtype and on the device of the module's tensors.
     """
+    import torch
+
     if isinstance(source, dict):
         source = StateDictSource(source)
     source.check(model_shapes(module), what, ignore)
@@ -302,6 +314,7 @@ def check_t5_folder(folder, tokenizer_folder=None):
 
 def check_t5_weights(folder):
     """The T5 shards hold exactly the encoder that ``config.json`` describes (names and shapes, headers only)."""
+    import torch
     from transformers import T5Config, T5EncoderModel
 
     config_path = os.path.join(folder, "config.json")

@@ -87,6 +87,7 @@ BOOL = ArgType("a bool", _accepting(lambda value: isinstance(value, bool)))
 INT = ArgType("an int", _accepting(_is_int))
 FLOAT = ArgType("a number", _accepting(lambda value: _is_int(value) or isinstance(value, float), float))
 STR = ArgType("a string", _accepting(lambda value: isinstance(value, str)))
+PATH = ArgType(STR.description, lambda value: os.path.expanduser(STR.normalise(value)))  # ~ is the home folder
 INT_LIST = _list_of(INT, "a list of ints")
 STR_LIST = _list_of(STR, "a list of strings")
 # A bare int stands for a one-element list.
@@ -95,9 +96,11 @@ INT_OR_INT_LIST = ArgType(
     "an int or a list of ints", lambda value: value if _is_int(value) else INT_LIST.normalise(value)
 )
 
-# Keys whose inference.yaml default is null or does not show the type.
+# Keys whose inference.yaml default is null or does not show the type, and the paths.
 _DECLARED_TYPES = {
-    "load": _optional(STR),  # null: no transformer checkpoint to load
+    "load": _optional(PATH),  # null: no transformer checkpoint to load
+    "output_dir": PATH,
+    "mask_save_dir": PATH,
     "layer_idx": _optional(INT_LIST),
     "step_idx": _optional(INT_LIST),
     "ref_token_idx": TOKEN_LIST,
@@ -142,6 +145,7 @@ def _suggestion(word: str, choices: Iterable[str], otherwise: str = "") -> str:
 
 
 def _read_yaml(path: str):
+    path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -328,6 +332,7 @@ MODEL_VALUE_RULES = {
     "network_config.params.spatial_interpolation": _POSITIVE_NUMBER,
     "network_config.params.temporal_interpolation": _POSITIVE_NUMBER,
     "network_config.params.elementwise_affine": _FLAG,
+    "name": _TEXT,
     "conditioner_config.params.model_dir": _TEXT,
     "conditioner_config.params.max_length": _POSITIVE_INT,
     "first_stage_config.ckpt_path": _TEXT,
@@ -421,17 +426,27 @@ def check_attention_backend(name: str, device: str, dtype, head_dim: int) -> Non
                           f"with head size {head_dim}; use auto (or math)") from None
 
 
-def resolve_device(name: str) -> str:
-    """The torch device for `args.device`: 'auto' is cuda when available, else cpu."""
+def resolve_device(name: str, full_size: bool = False) -> str:
+    """The torch device for `args.device`: 'auto' is cuda when available, else cpu; a CUDA index must name a device.
+
+    For a `full_size` model (hours per video on a CPU) 'auto' without CUDA is refused: args.device=cpu asks for it.
+    """
     import torch  # here, so that --help and config errors never wait for torch
 
     cuda_available = torch.cuda.is_available()
     if name == "auto":
+        _require(cuda_available or not full_size,
+                 "args.device is auto but no CUDA device was found, and a full-size model takes hours per video on "
+                 "the CPU; args.device=cpu runs it on the CPU anyway (--tiny runs the tiny model)")
         return "cuda" if cuda_available else "cpu"
     _require(
         cuda_available or not name.startswith("cuda"),
         f"args.device is '{name}' but CUDA is not available; use auto or cpu",
     )
+    if name.startswith("cuda:"):
+        count = torch.cuda.device_count()
+        _require(int(name.removeprefix("cuda:")) < count,
+                 f"args.device is '{name}' but this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return name
 
 

@@ -6,12 +6,12 @@ Tensor names: each `NameRule` says which diffusers tensors hold one of our tenso
 both directions (diffusers -> ours when loading, ours -> diffusers when the synthetic writer writes
 this layout). Model shape: from `transformer/config.json` and `vae/config.json`, checked against what
 this implementation supports; the schedule's SNR shift from `scheduler/scheduler_config.json`.
+
+torch is imported only where tensors are split or joined, so the layout and its configs are read before it loads.
 """
 import os
 import re
 from dataclasses import dataclass
-
-import torch
 
 from .checkpoints import MissingCheckpointError, SafetensorsSource, _read_json
 
@@ -110,6 +110,8 @@ class NameMap:
 
     def to_diffusers(self, state_dict: dict) -> dict:
         """Our state dict as diffusers tensors (the writer's direction)."""
+        import torch
+
         out = {}
         for ours, value in state_dict.items():
             blocks, parts = self.parts(ours)
@@ -118,8 +120,10 @@ class NameMap:
                 out[theirs] = torch.cat([chunks[k] for k in indices]).contiguous()
         return out
 
-    def from_diffusers(self, ours: str, read) -> torch.Tensor:
+    def from_diffusers(self, ours: str, read):
         """Our tensor `ours`, assembled from `read(diffusers name)` (the loader's direction)."""
+        import torch
+
         blocks, parts = self.parts(ours)
         placed = [None] * blocks
         for theirs, indices in parts:

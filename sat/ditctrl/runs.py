@@ -1,8 +1,8 @@
 """Running an entry script: every check before any model work, then one call to the generation API.
 
 All user errors surface here as one line (`error: ...`, exit status 2) before any model is built.
-Nothing heavy (torch, SAT, transformers) is imported until the command line and the config are checked,
-so `--help` and config errors answer at once.
+Nothing heavy (torch, SAT, transformers) is imported until the command line, the config, the presence of
+every weight file and the plan are checked, so `--help`, config errors and missing weights answer at once.
 """
 import sys
 from contextlib import contextmanager
@@ -12,9 +12,14 @@ from .config import (announce_overwrites, check_attention_backend, expand_prompt
 from .distributed import Ranks, distributed_run
 from .errors import USER_ERRORS
 from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
+from .synthetic_folders import ensure_synthetic_checkpoints
+from .weights import check_weight_files, weight_paths
 
-RANDOM_WEIGHTS_NOTE = ("note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, "
-                       "not the picture (real videos need the real CogVideoX-2B weights, see README.md)")
+
+def random_weights_note(model_name: str) -> str:
+    """What --tiny prints first: the video is noise; real videos need `model_name`'s weights (`model.name`)."""
+    return ("note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, not the picture "
+            f"(real videos need the real {model_name} weights, see README.md)")
 
 
 @contextmanager
@@ -44,20 +49,20 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     cfg, tiny = parse_run_cli(argv)
     validate_model(cfg)
     prompts = expand_prompts(cfg.args)
-    from .pipeline import check_decode_memory, run_dtype
-    from .weights import check_weights, weight_paths
     if tiny:
-        from .synthetic_checkpoint import ensure_synthetic_checkpoints
-        print(RANDOM_WEIGHTS_NOTE)
+        print(random_weights_note(cfg.model.name))
         with ranks.together():  # the machine's other ranks wait for its weights
             if ranks.local_rank == 0:
                 ensure_synthetic_checkpoints(cfg)
-    check_weights(cfg)  # a diffusers folder's configs fix the model shape the checks below use
+    paths = check_weight_files(cfg)  # a diffusers folder's configs fix the model shape the checks below use
     check_run(entry, cfg, prompts)
     plan = plan_run(entry, cfg.args, prompts)
-    device = resolve_device(cfg.args.device)
+    device = resolve_device(cfg.args.device, full_size=not tiny)  # the first check that imports torch
     if ranks.size > 1 and device.startswith("cuda"):
         device = ranks.device
+    from .pipeline import check_decode_memory, run_dtype
+    from .weight_shapes import check_weight_shapes
+    check_weight_shapes(cfg, paths)
     network = cfg.model.network_config.params
     check_attention_backend(cfg.args.attention_backend, device, run_dtype(cfg.args),
                             network.hidden_size // network.num_attention_heads)

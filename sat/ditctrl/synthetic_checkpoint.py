@@ -6,9 +6,7 @@ Hugging Face T5 folder) or diffusers (one folder: ``model_index.json``, ``transf
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``). The tokenizer is a real SentencePiece model
 trained offline on ``assets/tokenizer_corpus.txt``.
 
-The writers only ever write into their own folders: a new or empty folder, which they mark with
-``.ditctrl-synthetic``, or one that carries that mark. A folder holding anything else may be a real
-checkpoint and is refused before anything is written. Every file goes through
+The writers only ever write into the folders ``synthetic_folders.py`` lets them claim. Every file goes through
 ``output_files.write_file`` (temporary name, then renamed), and each part's pointer file (``latest``,
 the T5 index, a diffusers folder's ``model_index.json``) is written after its weights, so an interrupted
 writer never leaves a part that looks whole.
@@ -25,13 +23,13 @@ from safetensors.torch import save_file
 
 from omegaconf import OmegaConf
 
-from ditctrl.checkpoints import (DIT_FILE_NAME, DIT_PREFIX, POSITION_TABLE_KEY, T5_INDEX_NAME, MissingCheckpointError,
-                                 check_t5_folder)
+from ditctrl.checkpoints import DIT_FILE_NAME, DIT_PREFIX, POSITION_TABLE_KEY, T5_INDEX_NAME
 from ditctrl.diffusers_layout import (MODEL_INDEX, TRANSFORMER_NAMES, VAE_NAMES, WEIGHTS_NAME, NameMap, model_index,
                                       scheduler_config, transformer_config, vae_config)
 from ditctrl.dit import DiffusionTransformer
 from ditctrl.output_files import write_bytes, write_file, write_text
 from ditctrl.pipeline import allocate_empty, run_dtype
+from ditctrl.synthetic_folders import PARTS, claim_part_folders
 from ditctrl.weights import weight_paths
 from ditctrl.text_encoder import T5_MAX_LENGTH
 from ditctrl.vae import CogVideoXVAE
@@ -40,57 +38,6 @@ TOKENIZER_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ass
 SENTENCEPIECE_PIECES = 1000  # <pad>=0, </s>=1, <unk>=2, then 997 learned pieces
 T5_EXTRA_IDS = 100
 T5_SHARD_NAMES = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
-SYNTHETIC_MARK = ".ditctrl-synthetic"
-PARTS = ("transformer", "vae", "t5")
-
-
-class NotSyntheticFolderError(ValueError):
-    """The writer was pointed at a folder that holds files it did not write (perhaps a real checkpoint)."""
-
-
-def claim_synthetic_folder(folder: str) -> None:
-    """Make `folder` the writer's own, or raise NotSyntheticFolderError if it holds files without the mark."""
-    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, SYNTHETIC_MARK)):
-        foreign = sorted(os.listdir(folder))
-        if foreign:
-            raise NotSyntheticFolderError(
-                f"refusing to write random weights into {folder}: it holds files the synthetic writer did not write "
-                f"({', '.join(foreign[:3])}), perhaps a real checkpoint; point the config at a new or empty folder")
-    write_text(os.path.join(folder, SYNTHETIC_MARK), "random-weight checkpoints of sat/make_synthetic_checkpoint.py\n")
-
-
-def part_folders(paths: dict) -> dict:
-    """The folder each part writes into: the transformer and T5 folders, the VAE file's folder."""
-    return {"transformer": paths["transformer"], "vae": os.path.dirname(paths["vae"]), "t5": paths["t5"]}
-
-
-def claim_part_folders(paths: dict, parts) -> None:
-    """Claim the folders of `parts` (see `claim_synthetic_folder`), a diffusers folder as a whole, before any
-    weights are written."""
-    if paths["layout"] == "diffusers":
-        claim_synthetic_folder(paths["root"])
-        return
-    folders = part_folders(paths)
-    for part in parts:
-        claim_synthetic_folder(folders[part])
-
-
-def missing_parts(cfg) -> list:
-    """The parts whose checkpoint is not on disk (`latest`, the VAE file, a complete T5 folder); none of a
-    diffusers folder, which is recognised only once complete (its model_index.json is written last)."""
-    paths = weight_paths(cfg)
-    if paths["layout"] == "diffusers":
-        return []
-    present = {
-        "transformer": os.path.isfile(os.path.join(paths["transformer"], "latest")),
-        "vae": os.path.isfile(paths["vae"]),
-    }
-    try:
-        check_t5_folder(paths["t5"], paths["tokenizer"])
-        present["t5"] = True
-    except MissingCheckpointError:
-        present["t5"] = False
-    return [part for part in PARTS if not present[part]]
 
 
 def write_transformer_checkpoint(state_dict, folder, iteration=1000):
@@ -383,12 +330,3 @@ def write_synthetic_checkpoints(cfg, device: str = "cpu", seed: int = 0, parts=P
                     scheduler_config(cfg.model.sampler_config.params.shift_scale))
         _write_json(os.path.join(paths["root"], MODEL_INDEX), model_index())
     return {part: paths[part] for part in parts}
-
-
-def ensure_synthetic_checkpoints(cfg, device: str = "cpu") -> None:
-    """Write the random-weight checkpoints `cfg` expects that are missing; those on disk are reused, never rewritten."""
-    parts = missing_parts(cfg)
-    if parts:
-        print(f"writing random-weight checkpoints ({', '.join(parts)}) to "
-              f"{', '.join(part_folders(weight_paths(cfg))[part] for part in parts)} (once; later runs reuse them)")
-        write_synthetic_checkpoints(cfg, device, parts=parts)

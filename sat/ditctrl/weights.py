@@ -1,32 +1,31 @@
-"""Where a run's weights are, in which layout, and checking them all before any model work.
+"""Where a run's weights are, in which layout, and whether all their files are there, without torch, SAT or
+transformers: a missing download is reported at once. Their tensor names and shapes: `weight_shapes.py`.
 
 `args.load` names either a diffusers folder (`model_index.json`: every part inside, e.g. the
 `huggingface-cli download THUDM/CogVideoX-2b` folder) or a SAT transformer folder (`latest`; the VAE
 and T5 then come from `model.first_stage_config.ckpt_path` and the conditioner's `model_dir`).
-Relative paths are resolved from the `sat/` folder.
+Relative paths are resolved from the `sat/` folder; a leading `~` is the user's home folder.
 """
 import os
 
 from omegaconf import OmegaConf
 
-from .checkpoints import (POSITION_TABLE_KEY, MissingCheckpointError, StateDictSource, check_t5_folder, check_t5_weights, model_shapes,
-                          read_transformer_state_dict, read_vae_state_dict, transformer_file)
+from .checkpoints import (MissingCheckpointError, StateDictSource, check_t5_folder, read_transformer_state_dict,
+                          read_vae_state_dict, transformer_file)
 from .diffusers_layout import TRANSFORMER_NAMES, VAE_NAMES, DiffusersSource, NameMap, detect_layout, read_model_configs
-from .dit import DiffusionTransformer
-from .meta_device import OnMetaDevice
-from .vae import CogVideoXVAE
 
 SAT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def weight_path(path: str) -> str:
+    path = os.path.expanduser(path)
     return path if os.path.isabs(path) else os.path.join(SAT_DIR, path)
 
 
 def weight_paths(cfg, layout: str | None = None) -> dict:
     """The run's weight locations (absolute) and `layout`: detected from `args.load` unless given.
 
-    A folder that is not there (yet) counts as the SAT layout; `check_weights` reports it.
+    A folder that is not there (yet) counts as the SAT layout; `check_weight_files` reports it.
     """
     load = weight_path(cfg.args.load)
     layout = layout or detect_layout(load) or "sat"
@@ -52,7 +51,7 @@ def vae_source(paths: dict, vae_params: dict):
     return StateDictSource(read_vae_state_dict(paths["vae"]), paths["vae"])
 
 
-def _require_files(paths: dict) -> None:
+def _require_files(paths: dict, model_name: str) -> None:
     """One MissingCheckpointError naming every missing file or folder."""
     if paths["layout"] == "sat":
         needed = [os.path.join(paths["transformer"], "latest"), paths["vae"]]
@@ -66,32 +65,24 @@ def _require_files(paths: dict) -> None:
     except MissingCheckpointError as error:
         missing.extend(error.paths)
     if missing:
-        raise MissingCheckpointError(*missing)
+        raise MissingCheckpointError(*missing, model_name=model_name)
 
 
-def check_weights(cfg) -> dict:
-    """Check every weight file of the run before any model work; return `weight_paths(cfg)`.
+def check_weight_files(cfg) -> dict:
+    """Check that every weight file of the run is there; return `weight_paths(cfg)`.
 
-    Presence (one error naming every missing path), readability, and the tensor names and shapes against
-    the model the config describes (headers only for safetensors). From a diffusers folder the model's
-    shape, VAE scale factor and SNR shift are first taken into `cfg.model` (see README: what comes from where).
+    One error names every missing path and the download of the configured model (`model.name`). From a
+    diffusers folder the model's shape, VAE scale factor and SNR shift are then taken into `cfg.model` (see
+    README: what comes from where). Reads folder listings and JSON configs only.
     """
-    load = weight_path(cfg.args.load)
+    load, model_name = weight_path(cfg.args.load), cfg.model.name
     if not os.path.isdir(load):
-        raise MissingCheckpointError(load)
+        raise MissingCheckpointError(load, model_name=model_name)
     if detect_layout(load) is None:
         raise ValueError(f"{load} is neither a diffusers folder (model_index.json, e.g. from huggingface-cli "
-                         "download THUDM/CogVideoX-2b) nor a SAT transformer folder (latest + <iteration>/)")
+                         f"download THUDM/{model_name}) nor a SAT transformer folder (latest + <iteration>/)")
     paths = weight_paths(cfg)
-    _require_files(paths)
+    _require_files(paths, model_name)
     if paths["layout"] == "diffusers":
         cfg.model = OmegaConf.merge(cfg.model, read_model_configs(paths["root"]))
-    network = OmegaConf.to_container(cfg.model.network_config.params)
-    vae_params = OmegaConf.to_container(cfg.model.first_stage_config.params)
-    with OnMetaDevice():  # shapes only: no layer allocated, not even where SAT names the CPU
-        dit = DiffusionTransformer(**network, skip_init=True)
-        vae = CogVideoXVAE(**vae_params)
-    transformer_source(paths).check(model_shapes(dit), "transformer", ignore={POSITION_TABLE_KEY})
-    vae_source(paths, vae_params).check(model_shapes(vae), "VAE")
-    check_t5_weights(paths["t5"])
     return paths
