@@ -238,6 +238,23 @@ def test_writer_writes_a_5b_diffusers_folder_that_diffusers_and_the_sat_layout_a
                                   vae_params.ch_mult, vae_params.num_res_blocks).state_dict()
     assert all(torch.equal(value, want[key]) for key, value in vae.state_dict().items())
 
+    two_b = load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], overrides=[f"args.load={tmp_path}/hf"],
+                        require_prompts=False)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path}/hf holds a CogVideoX-5B-type model (rotary position embedding: True) but the run is "
+            "configured for CogVideoX-2b; run with --model 5b")):
+        check_weight_files(two_b)  # else 5B would run with 2B's fp16 and controlled layers 25-29
+
+
+def test_a_2b_folder_under_the_5b_config_is_refused(layouts):
+    five_b = load_config([os.path.join(os.path.dirname(MODEL_CONFIG), name)
+                          for name in ("cogvideox_5b.yaml", "cogvideox_5b_tiny.yaml")],
+                         overrides=[f"args.load={layouts[0]}/hf"], require_prompts=False)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{layouts[0]}/hf holds a CogVideoX-2B-type model (rotary position embedding: False) but the run is "
+            "configured for CogVideoX-5b; run with --model 2b")):
+        check_weight_files(five_b)
+
 
 def test_entry_script_refuses_an_image_to_video_folder_before_model_work(layouts, tmp_path, capsys):
     folder, _ = broken_copy(layouts, tmp_path)

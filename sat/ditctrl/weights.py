@@ -84,5 +84,17 @@ def check_weight_files(cfg) -> dict:
     paths = weight_paths(cfg)
     _require_files(paths, model_name)
     if paths["layout"] == "diffusers":
-        cfg.model = OmegaConf.merge(cfg.model, read_model_configs(paths["root"]))
+        folder_model = read_model_configs(paths["root"])
+        _require_same_family(cfg.model, folder_model, paths["root"])
+        cfg.model = OmegaConf.merge(cfg.model, folder_model)
     return paths
+
+
+def _require_same_family(model, folder_model: dict, root: str) -> None:
+    """A diffusers folder gives the model's shape, but the run's other defaults (dtype, controlled layers) come from
+    --model: a folder of the other family (rotary position embedding or not: 5B or 2B) is refused."""
+    rotary = folder_model["network_config"]["params"]["rotary_position_embedding"]
+    if rotary != model.network_config.params.rotary_position_embedding:
+        family, option = ("CogVideoX-5B", "5b") if rotary else ("CogVideoX-2B", "2b")
+        raise ValueError(f"{root} holds a {family}-type model (rotary position embedding: {rotary}) but the run is "
+                         f"configured for {model.name}; run with --model {option}")
