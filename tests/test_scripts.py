@@ -166,6 +166,16 @@ def test_missing_real_weights_are_the_only_output_and_name_the_model_s_download(
         f"--tiny. In short: huggingface-cli download THUDM/{name} --local-dir sat/{name}"]
 
 
+def test_an_error_found_after_sat_is_imported_is_the_only_line_on_stderr():
+    """SAT logs INFO lines when imported (here "DeepSpeed/CUDA is not installed ..."); they stay quiet
+    (SAT_LOGLEVEL defaults to WARNING), so a check that needs torch and SAT still ends in one line."""
+    result = run_script("run_multi_prompt.sh", "--tiny", "args.device=cpu", "args.attention_backend=cudnn",
+                        check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: args.attention_backend = cudnn cannot run on cpu in float32 with head size 32; use auto (or math)"]
+
+
 def test_weights_folder_of_neither_layout_is_the_only_output(tmp_path):
     (tmp_path / "notes.txt").write_text("")
     result = run_script("run_multi_prompt.sh", f"args.load={tmp_path}", check=False)
