@@ -6,7 +6,8 @@
 # Then one tiny sample_video.py run started by torchrun as one rank (NCCL; gloo on the CPU in --dry-run).
 # Writes OUTDIR (default outputs/gpu_check): environment.txt, cuda_tests.log, cuda_tests.xml (numbers per test),
 # benchmark.log, benchmark.json, torchrun.log (and its video under torchrun/), summary.txt. Installs nothing; needs torch, transformers, sentencepiece, numpy,
-# imageio(-ffmpeg), matplotlib, tqdm, safetensors, pytest, SwissArmyTransformer, omegaconf (see README).
+# imageio(-ffmpeg), matplotlib, tqdm, safetensors, pytest, SwissArmyTransformer, omegaconf, accelerate (see README);
+# a missing one stops it at once with one line naming them.
 set -u
 DRY_RUN=0
 if [ "${1:-}" = "--dry-run" ]; then DRY_RUN=1; shift; fi
@@ -20,6 +21,13 @@ START=$(date +%s)
 torch.version.cuda, '| device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; } 2>&1 \
   | tee "$OUTDIR/environment.txt"
+MISSING=$(python3 -c "import importlib.util as u; print(' '.join(m for m in ('transformers', 'sentencepiece', 'numpy',
+'imageio', 'imageio_ffmpeg', 'matplotlib', 'tqdm', 'safetensors', 'pytest', 'sat', 'omegaconf', 'accelerate')
+if u.find_spec(m) is None))")
+if [ -n "$MISSING" ]; then
+  echo "error: missing Python packages: $MISSING (README.md, 'Checking a GPU machine': the wheels to bring)" >&2
+  exit 2
+fi
 
 if [ $DRY_RUN = 1 ]; then
   export DITCTRL_TEST_DEVICE=cpu
