@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from ditctrl import generation
 from ditctrl.distributed import Ranks, deal
 from ditctrl.errors import guarded
-from ditctrl.guided_denoiser import GuidedDenoiser
+from ditctrl.output_files import OutputWriteError
 from ditctrl.multi_prompt import rank_work
 from ditctrl.pipeline import Pipeline
 from ditctrl.runs import run_entry
@@ -40,9 +40,15 @@ RUNS = {
 }
 ROSE_LAYOUT = segment_layout(3, 13, 9, 2)  # the tiny rose case's 7 windows (6 pairs) of 30-layer DiT forwards
 DECODED = {"rose_shared", "edit"}  # runs whose videos are decoded (with one and two ranks)
-JOBS = [*((name, 2) for name in RUNS), ("bad_input", 2), ("failure", 2),
+JOBS = [*((name, 2) for name in RUNS), ("bad_input", 2), ("failure", 2), ("mask_write_failure", 2),
         ("rose_shared", 3), ("rose_faithful", 3), ("bad_input", 3)]
 FAILURE = "injected failure in a pair tail on rank 1"
+MASK_WRITE_FAILURE = OutputWriteError("step1.png", "No space left on device")
+FAILURES = {  # job: (run, failing rank, what fails there, its error)
+    "failure": ("rose_shared", 1, "ditctrl.guided_denoiser.GuidedDenoiser.finish", RuntimeError(FAILURE)),
+    # rank 0 cannot write mask-guided's masks of step 1, gathered from both ranks
+    "mask_write_failure": ("rose_faithful", 0, "ditctrl.attention.mask_guided.save_mask_frames", MASK_WRITE_FAILURE),
+}
 
 
 def exit_status_of(entry_name, argv) -> int:
@@ -130,17 +136,16 @@ def job(name, size, rank, out) -> int:
     if name == "bad_input":
         with stderr_to(out / f"bad_input_rank{rank}.err"):
             return exit_status_of("sample_video", [*TINY, *ROSE, "args.seed=0", f"args.output_dir={out / name}"])
-    if name == "failure":
-        original = GuidedDenoiser.finish
-        if rank == 1:
-            def failing_finish(*args, **kwargs):
-                raise RuntimeError(FAILURE)
-            GuidedDenoiser.finish = failing_finish
-        try:
-            with stderr_to(out / f"failure_rank{rank}.err"), videos_decoded(False):
-                return call("rose_shared", out / "failed")
-        finally:
-            GuidedDenoiser.finish = original
+    if name in FAILURES:  # `run` fails on rank `failing_rank` where `target` raises `error`
+        run, failing_rank, target, error = FAILURES[name]
+
+        def failing(*args, **kwargs):
+            raise error
+
+        with pytest.MonkeyPatch.context() as patch, stderr_to(out / f"{name}_rank{rank}.err"), videos_decoded(False):
+            if rank == failing_rank:
+                patch.setattr(target, failing)
+            return call(run, out / "failed")
     (out / name).mkdir(exist_ok=True)
     with latents_saved(out / name, rank), rows_counted(out / f"{name}_rows_rank{rank}.pt"), \
             videos_decoded(size == 2 and name in DECODED):
@@ -284,6 +289,18 @@ def test_failing_rank_stops_every_rank_with_one_line_and_no_output(spawned):
     reported, = error_lines(errors[1])
     assert reported.startswith(f"error: internal error (RuntimeError: {FAILURE}); full log:")
     assert os.listdir(out / "failed" / "rose_shared") == []  # no video, no params.yaml, no lock, no temporary file
+
+
+def test_a_write_error_on_rank_0_between_steps_stops_every_rank_with_one_line(spawned):
+    """Rank 0 writes mask-guided's masks after each step; a full disk there ends the other rank too (it would wait
+    in the next step's exchange) with rank 0's one line."""
+    out = spawned / "ranks2"
+    errors = [open(out / f"mask_write_failure_rank{rank}.err").read() for rank in range(2)]
+    assert statuses(spawned, "mask_write_failure", 2) == [1, 1]
+    assert error_lines(errors[0]) == [f"error: {MASK_WRITE_FAILURE}; no output of this run was kept; earlier "
+                                      "outputs are unchanged"]
+    assert errors[1] == ""
+    assert os.listdir(out / "failed" / "rose_faithful") == []
 
 
 class OneRankOfMany(Ranks):

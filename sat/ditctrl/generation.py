@@ -49,9 +49,10 @@ def ending_steps(denoise, controller: AttentionController, ranks: Ranks = Ranks(
     rank 0 has collected every rank's files of the step)."""
     def step(x, i, alpha, timestep):
         x0 = denoise(x, i, alpha, timestep)
-        if ranks.size > 1:
-            controller.collect_on_main(ranks)
-        controller.end_step()
+        with ranks.together():  # rank 0 writes the step's files: a write error there ends every rank
+            if ranks.size > 1:
+                controller.collect_on_main(ranks)
+            controller.end_step()
         return x0
     return step
 
