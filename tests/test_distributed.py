@@ -6,6 +6,7 @@ rank that fails mid-run); the one-process references run in this process. Every 
 all runs share the thread settings.
 """
 import os
+import re
 import socket
 from contextlib import contextmanager
 
@@ -20,8 +21,10 @@ from ditctrl.errors import guarded
 from ditctrl.output_files import OutputWriteError
 from ditctrl.multi_prompt import rank_work
 from ditctrl.pipeline import Pipeline
-from ditctrl.runs import run_entry
+from ditctrl.config import TINY_MODEL_CONFIG, load_config
+from ditctrl.runs import prepare_run, run_entry
 from ditctrl.segment_layout import segment_layout
+from ditctrl.synthetic_folders import ensure_synthetic_checkpoints
 from repo_paths import BASE, REPO
 from test_work_sharing import FIVE_WINDOWS, KV_SCHEDULE, NUM_STEPS, CountingKVSharing, RowCounting, sample
 from tiny_models import small_dit
@@ -340,3 +343,29 @@ def test_rank_work_for_rose_by_hand():
     # rank 0: pairs 0-2 need windows 0-3 (groups [0,1] [2,3]); rank 1: pairs 3-5 need windows 3-6 ([2,3] [4,5] [6])
     assert [(r["groups"], r["row_layers"]) for r in work["window_layers_and_pair_tails"]] == [
         (2, 4 * 2 * 25 + 3 * 4 * 5), (3, 5 * 2 * 25 + 3 * 4 * 5)]
+
+
+def test_a_rank_without_a_gpu_of_its_own_is_one_line(monkeypatch, capsys):
+    """A job started with more ranks on a machine than its processes see GPUs (e.g. by hand with torchrun)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert exit_status_of("sample_video", [*TINY, *ROSE]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: LOCAL_RANK 1 names no GPU: this process sees 1 CUDA device(s); start at most 1 ranks on this "
+        "machine, each seeing every GPU"]
+
+
+def test_one_named_gpu_for_several_ranks_is_refused(monkeypatch, tmp_path):
+    """args.device=cuda:K cannot hold for every rank: each computes on its own GPU (LOCAL_RANK)."""
+    tiny_base = ["--base", "configs/cogvideox_2b.yaml", "configs/inference.yaml", TINY_MODEL_CONFIG]
+    ensure_synthetic_checkpoints(load_config(tiny_base[1:], require_prompts=False))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=re.escape(
+            "args.device is 'cuda:1', but with several ranks each rank computes on the GPU its LOCAL_RANK names; "
+            "use auto or cuda")):
+        prepare_run("sample_video", [*tiny_base, *ROSE, "args.device=cuda:1", f"args.output_dir={tmp_path}"],
+                    Ranks(0, 2, 0, "cuda:0"))

@@ -15,12 +15,15 @@ import yaml
 import sample_video
 import sample_video_edit
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
+from ditctrl.output_files import OutputRun
+from ditctrl.runs import prepare_run
 from ditctrl.synthetic_folders import ensure_synthetic_checkpoints
 from ditctrl.weights import weight_paths
 from repo_paths import BASE, REPO
 
 FAST = ["model.sampler_config.params.num_steps=4"]
 ROSE = "inference_case_configs/multi_prompts/rose.yaml"
+EDIT_CASE = "inference_case_configs/edit/bus_truck.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("in_repo")
@@ -268,3 +271,17 @@ def test_help_config_errors_and_missing_weights_import_no_torch(argv, code, erro
     assert "heavy: []" in result.stdout
     if error:
         assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(error), result.stderr
+
+
+def test_a_tiny_run_s_params_yaml_reruns_on_the_cpu_without_tiny(tmp_path, monkeypatch):
+    """Whether `device: auto` may fall back to the CPU follows the model's size, not the --tiny flag: the tiny
+    model's params.yaml is a complete config that reruns as it is; a full-size model is refused (test_config)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    first, again = tmp_path / "first", tmp_path / "again"
+    with OutputRun():
+        *_, device = prepare_run("sample_video_edit", [*BASE, "--custom-config", EDIT_CASE, "--tiny",
+                                                       f"args.output_dir={first}"])
+    with OutputRun():
+        *_, rerun_device = prepare_run("sample_video_edit", ["--base", str(first / "params.yaml"), "--",
+                                                             f"args.output_dir={again}"])
+    assert device == rerun_device == "cpu"

@@ -426,6 +426,15 @@ def check_attention_backend(name: str, device: str, dtype, head_dim: int) -> Non
                           f"with head size {head_dim}; use auto (or math)") from None
 
 
+FULL_SIZE_PARAMETERS = 10**8  # a DiT this large takes hours per video on a CPU (2B: 1.3e9, 5B: 4.8e9; tiny: 1.5e6)
+
+
+def is_full_size(network: Mapping) -> bool:
+    """Whether the DiT `network` (model.network_config.params) is a full-size model: its parameters, about
+    12 width² per layer (attention 4, MLP 8), reach FULL_SIZE_PARAMETERS."""
+    return 12 * network["num_layers"] * network["hidden_size"] ** 2 >= FULL_SIZE_PARAMETERS
+
+
 def resolve_device(name: str, full_size: bool = False) -> str:
     """The torch device for `args.device`: 'auto' is cuda when available, else cpu; a CUDA index must name a device.
 

@@ -116,6 +116,13 @@ class Ranks:
         return [item for rank_items in lists for item in rank_items] if self.is_main else []
 
 
+def require_rank_gpu(local_rank: int, device_count: int) -> None:
+    """Each rank computes on the GPU its LOCAL_RANK names; a ValueError (bad input) where there is none."""
+    if local_rank >= device_count:
+        raise ValueError(f"LOCAL_RANK {local_rank} names no GPU: this process sees {device_count} CUDA device(s); "
+                         f"start at most {device_count} ranks on this machine, each seeing every GPU")
+
+
 @contextmanager
 def distributed_run():
     """The `Ranks` of this process, in the process group its environment describes (one process without).
@@ -135,6 +142,7 @@ def distributed_run():
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     if cuda:
+        require_rank_gpu(local_rank, torch.cuda.device_count())
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=EXCHANGE_TIMEOUT)  # env://: MASTER_ADDR/PORT
     mpu.initialize_model_parallel(1)

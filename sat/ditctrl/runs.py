@@ -5,10 +5,10 @@ Nothing heavy (torch, SAT, transformers) is imported until the command line, the
 every weight file and the plan are checked, so `--help`, config errors and missing weights answer at once.
 """
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
-from .config import (announce_overwrites, check_attention_backend, expand_prompts, parse_run_cli, prepare_output_dir,
-                     resolve_device, validate_model, write_resolved_config)
+from .config import (announce_overwrites, check_attention_backend, expand_prompts, is_full_size, parse_run_cli,
+                     prepare_output_dir, resolve_device, validate_model, write_resolved_config)
 from .distributed import Ranks, distributed_run
 from .errors import USER_ERRORS
 from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
@@ -57,8 +57,12 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     paths = check_weight_files(cfg)  # a diffusers folder's configs fix the model shape the checks below use
     check_run(entry, cfg, prompts)
     plan = plan_run(entry, cfg.args, prompts)
-    device = resolve_device(cfg.args.device, full_size=not tiny)  # the first check that imports torch
+    # the first check that imports torch; the model's size, not --tiny, says whether the CPU may be chosen unasked
+    device = resolve_device(cfg.args.device, full_size=is_full_size(cfg.model.network_config.params))
     if ranks.size > 1 and device.startswith("cuda"):
+        if ":" in device:
+            raise ValueError(f"args.device is '{device}', but with several ranks each rank computes on the GPU its "
+                             "LOCAL_RANK names; use auto or cuda")
         device = ranks.device
     from .pipeline import check_decode_memory, run_dtype
     from .weight_shapes import check_weight_shapes
@@ -81,7 +85,9 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
 def run_entry(entry_name: str, argv=None) -> dict:
     """An entry script's whole run, on every rank of the job (distributed.py); returns the controllers by name after
     their generation."""
-    with distributed_run() as ranks:
+    with ExitStack() as stack:
+        with user_errors():  # e.g. more ranks on this machine than GPUs
+            ranks = stack.enter_context(distributed_run())
         with user_errors(), ranks.together():
             cfg, plan, device = prepare_run(entry_name, argv, ranks)
         from .generation import generate
