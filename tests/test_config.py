@@ -16,6 +16,7 @@ from ditctrl.config import (
     resolve_device,
     write_resolved_config,
 )
+from ditctrl.entry_points import ENTRY_POINTS, plan_run
 from ditctrl.weights import weight_paths
 
 # Spec ditctrl.md §2.2: the reference inference.yaml `args`, key for key, less the keys that no longer do anything.
@@ -165,7 +166,6 @@ def test_wrong_type_in_a_file_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["args.overlap_size=13"], "overlap_size (13) must be smaller than the tile sampling_num_frames (13)"),
     (["args.overlap_size=-1"], "args.overlap_size must be >= 0, got -1"),
     (["args.seed=0"], "args.seed must be > 0, got 0"),
     (["args.sampling_num_frames=0", "args.overlap_size=0"], "args.sampling_num_frames must be > 0, got 0"),
@@ -183,6 +183,10 @@ def test_wrong_type_in_a_file_names_the_file(tmp_path):
      "unknown controller 'Nothing' in args.adaln_mixin_names; choices: BaseAdaLNMixin, KVSharingAdaLNMixin, "
      "KVSharingMaskGuidedAdaLNMixin, ReWeightAdaLNMixin, VisualizeAdaLNMixin"),
     (["args.adaln_mixin_names=[]"], "args.adaln_mixin_names is empty: name at least one controller"),
+    (["args.adaln_mixin_names=[KVSharingAdaLNMixin,BaseAdaLNMixin,KVSharingAdaLNMixin]"],
+     "args.adaln_mixin_names lists KVSharingAdaLNMixin more than once; each controller runs once per run"),
+    (["args.step_idx=[]"], "args.step_idx is empty: give at least one index"),
+    (["args.layer_idx=[]"], "args.layer_idx is empty: give at least one index"),
     (['args.prompts=["a", "b"]', "args.single_prompt_length=3"],
      "args.single_prompt_length (3) > 0 needs exactly one prompt, got 2"),
     (['args.prompts=["a", " "]'], "args.prompts[1] is empty"),
@@ -191,6 +195,16 @@ def test_wrong_type_in_a_file_names_the_file(tmp_path):
 def test_semantic_errors(overrides, message):
     error = error_of(load_config, [], None, [ONE_PROMPT, *overrides])
     assert error == message
+
+
+def test_overlap_matters_only_where_windows_overlap():
+    """overlap_size is a long video's setting: edit, reweight and visualisation (one clip) ignore it; a long plan
+    refuses an overlap that is not smaller than the tile."""
+    args = load_config([], None, [ONE_PROMPT, "args.sampling_num_frames=9", "args.overlap_size=9"]).args
+    assert plan_run(ENTRY_POINTS["sample_video_visualize"], args, ["a cat"]).decoded_frames == 33
+    with pytest.raises(ValueError, match=re.escape("overlap_size (9) must be >= 0 and smaller than the tile "
+                                                   "sampling_num_frames (9)")):
+        plan_run(ENTRY_POINTS["sample_video"], args, ["a cat", "a dog"])
 
 
 def test_config_error_is_a_value_error():

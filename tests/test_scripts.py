@@ -129,7 +129,7 @@ def test_visualize(out):
 
 @pytest.mark.parametrize("args, message", [
     (["args.overlap-size=3"], "did you mean 'overlap_size'"),
-    (["args.overlap_size=13"], "must be smaller than the tile"),
+    (["args.overlap_size=13"], "overlap_size (13) must be >= 0 and smaller than the tile sampling_num_frames (13)"),
     (["args.seed=zero"], "args.seed must be an int"),
     (["args.ref_token_idx=[64]", "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]"], "args.ref_token_idx = 64"),
     (["args.layer_idx=[30]"], "args.layer_idx contains 30"),

@@ -38,7 +38,7 @@ _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 _OVERRIDE_PATTERN = re.compile(r"(args|model)\.[\w.\-]+=")
 SEED_LIMIT = 2**63  # torch generators take a signed 64-bit seed
 NON_EMPTY_LISTS = ("ref_token_idx", "cur_token_idx", "attn_map_token_idx", "attn_map_step_idx", "attn_map_layer_idx",
-                   "reweight_token_idx")
+                   "reweight_token_idx", "layer_idx", "step_idx")
 
 
 class ConfigError(ValueError):
@@ -275,6 +275,9 @@ def _check_controllers(names) -> None:
             f"unknown controller '{name}' in args.adaln_mixin_names"
             + _suggestion(name, CONTROLLER_NAMES, otherwise=f"; choices: {', '.join(CONTROLLER_NAMES)}"),
         )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    _require(not repeated, f"args.adaln_mixin_names lists {', '.join(repeated)} more than once; each controller "
+                           "runs once per run")
 
 
 def validate_args(args: Mapping, require_prompts: bool = True) -> None:
@@ -291,8 +294,6 @@ def validate_args(args: Mapping, require_prompts: bool = True) -> None:
     for key in ("start_step", "start_layer", "overlap_size", "num_transition_blocks", "longer_mid_segment",
                 "single_prompt_length", "reweight_kv_switch_step"):
         _require(args[key] >= 0, f"args.{key} must be >= 0, got {args[key]}")
-    overlap, tile = args["overlap_size"], args["sampling_num_frames"]
-    _require(overlap < tile, f"overlap_size ({overlap}) must be smaller than the tile sampling_num_frames ({tile})")
     _require(0 <= args["thres"] <= 1, f"args.thres must lie in [0, 1], got {args['thres']}")
     for counter in ("step", "layer"):
         start, end = args[f"start_{counter}"], args[f"end_{counter}"]
