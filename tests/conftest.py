@@ -12,6 +12,10 @@ from repo_paths import REPO, SAT
 if SAT not in sys.path:
     sys.path.insert(0, SAT)
 
+import ditctrl  # noqa: E402 - SAT's log level (ditctrl/__init__.py) before SAT is imported
+import sat.helpers  # noqa: E402,F401 - SAT's logger keeps the stream it was made with: the session's stderr, not a
+# test's captured one, which closes with the test (a later SAT log line would then fail in an unrelated test)
+
 
 @pytest.fixture
 def in_repo(monkeypatch):
