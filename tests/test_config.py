@@ -17,6 +17,7 @@ from ditctrl.config import (
     write_resolved_config,
 )
 from ditctrl.entry_points import ENTRY_POINTS, plan_run
+from ditctrl.output_files import temporary_path
 from ditctrl.weights import weight_paths
 
 # Spec ditctrl.md §2.2: the reference inference.yaml `args`, key for key, less the keys that no longer do anything.
@@ -205,6 +206,16 @@ def test_overlap_matters_only_where_windows_overlap():
     with pytest.raises(ValueError, match=re.escape("overlap_size (9) must be >= 0 and smaller than the tile "
                                                    "sampling_num_frames (9)")):
         plan_run(ENTRY_POINTS["sample_video"], args, ["a cat", "a dog"])
+
+
+def test_isolated_clip_names_fit_a_file_name():
+    """The original's stem (first 120 characters) of a CJK prompt is 360 bytes; the file names stay under 255."""
+    args = load_config([], None, [ONE_PROMPT, "args.is_run_isolated=true"]).args
+    prompts = ["玫瑰" * 100, "a red rose " * 20]
+    clips = plan_run(ENTRY_POINTS["sample_video"], args, prompts).isolated
+    assert clips[0] == f"isolated/0_{'玫瑰' * 33}_frames49.mp4"  # 198 bytes of whole characters
+    assert clips[1] == f"isolated/1_{('a_red_rose_' * 20)[:120]}_frames49.mp4"  # ASCII: the original's 120
+    assert max(len(os.path.basename(temporary_path(clip)).encode()) for clip in clips) <= 255  # written under it
 
 
 def test_config_error_is_a_value_error():

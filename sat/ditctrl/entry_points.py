@@ -33,9 +33,10 @@ ENTRY_POINTS = {
 PROMPT_DESCRIPTIONS = {2: "exactly 2 prompts (source, target)", 1: "exactly 1 prompt"}
 
 
-def prompt_stem(prompt: str, limit: int = 120) -> str:
-    """The original's file-name form of a prompt: spaces -> '_', '/' removed, first `limit` characters."""
-    return prompt.replace(" ", "_").replace("/", "")[:limit]
+def prompt_stem(prompt: str, limit: int = 120, byte_limit: int = 200) -> str:
+    """The original's file-name form of a prompt: spaces -> '_', '/' removed, first `limit` characters; then at most
+    `byte_limit` bytes in UTF-8 (a file name holds 255 bytes; a CJK character takes 3), cut between characters."""
+    return prompt.replace(" ", "_").replace("/", "")[:limit].encode()[:byte_limit].decode(errors="ignore")
 
 
 @dataclass(frozen=True)
