@@ -285,3 +285,20 @@ def test_a_tiny_run_s_params_yaml_reruns_on_the_cpu_without_tiny(tmp_path, monke
         *_, rerun_device = prepare_run("sample_video_edit", ["--base", str(first / "params.yaml"), "--",
                                                              f"args.output_dir={again}"])
     assert device == rerun_device == "cpu"
+
+
+def test_earlier_runs_files_left_in_the_folder_are_named(tmp_path, capsys):
+    """params.yaml describes the run's own files; what other runs left next to them is named at the start."""
+    target = tmp_path / "edit"
+    (target / "isolated").mkdir(parents=True)
+    for name in ("editing_KVSharingAdaLNMixin_frames49.mp4", "editing_frames49.mp4", "params.yaml", "notes.txt"):
+        (target / name).write_bytes(b"")
+    with OutputRun():
+        prepare_run("sample_video_edit", [*BASE, "--custom-config", EDIT_CASE, "--tiny", f"args.output_dir={target}"])
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("note: ", "overwriting "))]
+    assert notes[-3:] == [
+        f"overwriting existing {target / 'editing_frames49.mp4'}",
+        f"note: {target} also holds what earlier runs wrote and this run leaves as it is "
+        "(editing_KVSharingAdaLNMixin_frames49.mp4, isolated, notes.txt); its params.yaml will describe this run's "
+        "files only",
+        f"overwriting existing {target / 'params.yaml'}"]

@@ -7,8 +7,9 @@ every weight file and the plan are checked, so `--help`, config errors and missi
 import sys
 from contextlib import ExitStack, contextmanager
 
-from .config import (announce_overwrites, check_attention_backend, expand_prompts, is_full_size, parse_run_cli,
-                     prepare_output_dir, resolve_device, validate_model, write_resolved_config)
+from .config import (announce_other_runs_files, announce_overwrites, check_attention_backend, expand_prompts,
+                     is_full_size, parse_run_cli, prepare_output_dir, resolve_device, validate_model,
+                     write_resolved_config)
 from .distributed import Ranks, distributed_run
 from .errors import USER_ERRORS
 from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
@@ -78,6 +79,7 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     mask_dirs = [cfg.args.mask_save_dir] if "KVSharingMaskGuidedAdaLNMixin" in cfg.args.adaln_mixin_names else []
     if ranks.is_main:
         announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files, filter(None, mask_dirs)))
+        announce_other_runs_files(cfg.args.output_dir, plan.files)
         write_resolved_config(cfg, cfg.args.output_dir)
     return cfg, plan, device
 

@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from ..config import check_index_range
+from ..config import MAPS_FOLDER, check_index_range
 from ..pair_batch import PairBatch
 from .control import AttentionController, ControlSchedule, token_indices
 from .kernels import attention, attention_with_lse, probabilities
@@ -95,7 +95,7 @@ class MaskGuidedKVSharing(AttentionController):
     def from_args(cls, args, output_dir: str | None) -> "MaskGuidedKVSharing":
         """Masks are saved under `mask_save_dir` when set, else `<output_dir>/attn_map` (where the original always
         put them); `output_dir=None` saves nothing."""
-        mask_dir = None if output_dir is None else args.mask_save_dir or os.path.join(output_dir, "attn_map")
+        mask_dir = None if output_dir is None else args.mask_save_dir or os.path.join(output_dir, MAPS_FOLDER)
         return cls(ControlSchedule.from_args(args), args.thres, args.ref_token_idx, args.cur_token_idx, mask_dir)
 
     def begin_forward(self, step=None, pair=None, token_grid=None) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..attention_figures import TokenMaps, heatmap_figure, overview_figure, token_panels_figure
+from ..config import MAPS_FOLDER
 from ..output_files import write_file
 from ..pair_batch import split_guidance
 from .control import AttentionController, ControlSchedule
@@ -157,7 +158,7 @@ class AttentionVisualizer(AttentionController):
         _, rows, cols = layout.token_grid
         token_maps = min_max(mean["tokens"].T.reshape(len(self.tokens), rows, cols), dims=(1, 2)).numpy()
         frame, (row, col) = layout.spatial_frame, layout.centre
-        folder = os.path.join(self.output_dir, "attn_map", f"step{step}_layer{layer}")
+        folder = os.path.join(self.output_dir, MAPS_FOLDER, f"step{step}_layer{layer}")
         os.makedirs(folder, exist_ok=True)
         token_png = os.path.join(folder, f"token_attention_vertical_step_{step}_layer_{layer}_selected_frame_"
                                          f"{layout.token_frame}_first_{len(self.tokens)}_tokens.png")
@@ -183,7 +184,7 @@ class AttentionVisualizer(AttentionController):
 
     def write_overview(self, frames_rgb=None) -> str:
         """attn_map/overview.png: every written (step, layer)'s token maps, over the decoded video when given."""
-        path = overview_figure(self.records, frames_rgb, os.path.join(self.output_dir, "attn_map", "overview.png"),
+        path = overview_figure(self.records, frames_rgb, os.path.join(self.output_dir, MAPS_FOLDER, "overview.png"),
                                dpi=self.dpi)
         self.figures_written.append(path)
         return path
