@@ -8,6 +8,7 @@ import yaml
 from ditctrl import config
 from ditctrl.config import (
     ConfigError,
+    check_dtype_on_device,
     check_index_range,
     expand_prompts,
     load_config,
@@ -264,6 +265,21 @@ def test_cuda_index_must_name_a_device_of_this_machine(monkeypatch):
     assert error_of(resolve_device, "cuda:5") == (
         "args.device is 'cuda:5' but this machine has 2 CUDA device(s), cuda:0 to cuda:1")
     assert error_of(resolve_device, "cuda:2").startswith("args.device is 'cuda:2' but this machine has 2 ")
+
+
+@pytest.mark.parametrize("capability, refused", [((7, 0), True), ((7, 5), True), ((8, 0), False), ((9, 0), False)])
+def test_bf16_needs_a_gpu_with_bf16_kernels(monkeypatch, capability, refused):
+    """The original was tested on V100s (7.0), which have no bfloat16 kernels; 5B defaults to bfloat16."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla V100-SXM2-32GB")
+    if refused:
+        assert error_of(check_dtype_on_device, torch.bfloat16, "cuda:0") == (
+            "args.bf16 is True but Tesla V100-SXM2-32GB (cuda:0) has no bfloat16 kernels; run in float16: "
+            "args.bf16=False args.fp16=True")
+    else:
+        check_dtype_on_device(torch.bfloat16, "cuda:0")
+    check_dtype_on_device(torch.float16, "cuda:0")
+    check_dtype_on_device(torch.bfloat16, "cpu")
 
 
 def test_full_size_model_never_falls_back_to_the_cpu_unasked(monkeypatch):

@@ -427,6 +427,16 @@ def check_attention_backend(name: str, device: str, dtype, head_dim: int) -> Non
                           f"with head size {head_dim}; use auto (or math)") from None
 
 
+def check_dtype_on_device(dtype, device: str) -> None:
+    """bfloat16 (5B's default) needs a GPU of compute capability 8.0 or later (A100, H100, RTX 30xx on): V100 and T4
+    have no bfloat16 matrix or attention kernels."""
+    import torch
+
+    if str(device).startswith("cuda") and dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
+        raise ConfigError(f"args.bf16 is True but {torch.cuda.get_device_name(device)} ({device}) has no bfloat16 "
+                          "kernels; run in float16: args.bf16=False args.fp16=True")
+
+
 FULL_SIZE_PARAMETERS = 10**8  # a DiT this large takes hours per video on a CPU (2B: 1.3e9, 5B: 4.8e9; tiny: 1.5e6)
 
 

@@ -7,8 +7,8 @@ every weight file and the plan are checked, so `--help`, config errors and missi
 import sys
 from contextlib import ExitStack, contextmanager
 
-from .config import (announce_other_runs_files, announce_overwrites, check_attention_backend, expand_prompts,
-                     is_full_size, parse_run_cli, prepare_output_dir, resolve_device, validate_model,
+from .config import (announce_other_runs_files, announce_overwrites, check_attention_backend, check_dtype_on_device,
+                     expand_prompts, is_full_size, parse_run_cli, prepare_output_dir, resolve_device, validate_model,
                      write_resolved_config)
 from .distributed import Ranks, distributed_run
 from .errors import USER_ERRORS
@@ -69,6 +69,7 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     from .weight_shapes import check_weight_shapes
     check_weight_shapes(cfg, paths)
     network = cfg.model.network_config.params
+    check_dtype_on_device(run_dtype(cfg.args), device)
     check_attention_backend(cfg.args.attention_backend, device, run_dtype(cfg.args),
                             network.hidden_size // network.num_attention_heads)
     check_decode_memory(cfg, plan.decoded_frames, device)
