@@ -290,7 +290,10 @@ def test_failing_rank_stops_every_rank_with_one_line_and_no_output(spawned):
     assert error_lines(errors[0]) == []  # rank 0 only showed its progress bar
     assert errors[1].count("\n") == 1 and "Traceback" not in errors[1]
     reported, = error_lines(errors[1])
-    assert reported.startswith(f"error: internal error (RuntimeError: {FAILURE}); full log:")
+    assert reported.startswith(f"error: internal error (RuntimeError: {FAILURE}); full log: ")
+    log = reported.split("; full log: ")[1]
+    assert "Traceback" in open(log).read()
+    os.remove(log)
     assert os.listdir(out / "failed" / "rose_shared") == []  # no video, no params.yaml, no lock, no temporary file
 
 
