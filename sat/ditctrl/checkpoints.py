@@ -86,11 +86,15 @@ def _first_line(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _read_torch_file(path):
-    """The object in a torch checkpoint; an empty, truncated or non-torch file is one ValueError naming it."""
+def _require_nonempty(path):
     _require(path)
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path}: empty file (0 bytes); download it again")
+
+
+def _read_torch_file(path):
+    """The object in a torch checkpoint; an empty, truncated or non-torch file is one ValueError naming it."""
+    _require_nonempty(path)
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not a complete torch checkpoint archive (truncated or corrupt); download it again")
     try:
@@ -172,9 +176,7 @@ class StateDictSource:
 
 def safetensors_shapes(path) -> dict:
     """name -> shape from a safetensors header (no tensor data is read); a broken file is one error naming it."""
-    _require(path)
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: empty file (0 bytes); download it again")
+    _require_nonempty(path)
     try:
         with safe_open(path, framework="pt") as f:
             return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}

@@ -514,16 +514,15 @@ def announce_overwrites(paths: Iterable[str]) -> None:
 MAPS_FOLDER = "attn_map"  # masks and attention maps (mask-guided, visualisation): shared by the runs of a folder
 
 
-def announce_other_runs_files(output_dir: str, planned_files: Iterable[str]) -> list[str]:
+def announce_other_runs_files(output_dir: str, planned_files: Iterable[str]) -> None:
     """Print a note naming the entries of `output_dir` that earlier runs wrote and this one will not replace (e.g.
-    another controller's video): params.yaml describes this run's files only. Returns those names."""
+    another controller's video): params.yaml describes this run's files only."""
     ours = {name.split("/")[0] for name in planned_files} | {PARAMS_FILE, MAPS_FOLDER}
     others = sorted(name for name in os.listdir(output_dir) if not name.startswith(".") and name not in ours)
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         print(f"note: {output_dir} also holds what earlier runs wrote and this run leaves as it is ({shown}); its "
               f"{PARAMS_FILE} will describe this run's files only")
-    return others
 
 
 def write_resolved_config(cfg: DictConfig, output_dir: str) -> str:

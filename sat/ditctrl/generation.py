@@ -123,7 +123,8 @@ def generate(cfg, plan: RunPlan, device: str, ranks: Ranks = Ranks()) -> dict:
                 latent = sample_long(pipeline, layout, embeds, controller, noise, args.share_unshared_work,
                                      progress=progress_bar(description) if ranks.is_main else None, ranks=ranks)
             else:
-                latent = sample_clip(pipeline, embeds, controller, noise, progress_bar(f"{name}: {len(plan.prompts)} prompt(s) in one batch"))
+                latent = sample_clip(pipeline, embeds, controller, noise,
+                                     progress_bar(f"{name}: {len(plan.prompts)} prompt(s) in one batch"))
             with ranks.together():  # a failed write ends every rank with its status
                 if ranks.is_main:
                     write_videos(pipeline, latent, files, controller, args)
@@ -144,7 +145,8 @@ def write_videos(pipeline: Pipeline, latent: torch.Tensor, files, controller: At
         print(f"wrote {controller.write_overview(frames[0].numpy())}")
 
 
-def write_isolated_baseline(pipeline: Pipeline, plan: RunPlan, embeds: torch.Tensor, noise: torch.Tensor, args) -> None:
+def write_isolated_baseline(pipeline: Pipeline, plan: RunPlan, embeds: torch.Tensor, noise: torch.Tensor,
+                            args) -> None:
     """Each prompt alone on its base window's noise, plain attention, as a one-prompt clip (the SDE noise
     continues from one seed through the prompts)."""
     clips = []

@@ -14,7 +14,7 @@ from .distributed import Ranks, distributed_run
 from .errors import USER_ERRORS
 from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
 from .synthetic_folders import ensure_synthetic_checkpoints
-from .weights import check_weight_files, weight_paths
+from .weights import check_weight_files
 
 
 def random_weights_note(model_name: str) -> str:
@@ -68,13 +68,13 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     from .pipeline import check_decode_memory, run_dtype
     from .weight_shapes import check_weight_shapes
     check_weight_shapes(cfg, paths)
-    network = cfg.model.network_config.params
-    check_dtype_on_device(run_dtype(cfg.args), device)
-    check_attention_backend(cfg.args.attention_backend, device, run_dtype(cfg.args),
+    network, dtype = cfg.model.network_config.params, run_dtype(cfg.args)
+    check_dtype_on_device(dtype, device)
+    check_attention_backend(cfg.args.attention_backend, device, dtype,
                             network.hidden_size // network.num_attention_heads)
     check_decode_memory(cfg, plan.decoded_frames, device)
     from .text_encoder import T5Tokens
-    tokens = T5Tokens(weight_paths(cfg)["tokenizer"], cfg.model.conditioner_config.params.max_length)
+    tokens = T5Tokens(paths["tokenizer"], cfg.model.conditioner_config.params.max_length)
     check_token_indices(cfg.args, token_counts(tokens.tokenize, prompts))
     tokens.announce_cut_prompts(prompts)
     mask_dirs = [cfg.args.mask_save_dir] if "KVSharingMaskGuidedAdaLNMixin" in cfg.args.adaln_mixin_names else []

@@ -212,8 +212,7 @@ def write_t5_folder(folder, d_model, d_ff, num_layers, num_heads, d_kv, vocab_si
     tensors = random_t5_tensors(dims, seed, dtype, device)
     for shard, named in itertools.groupby(tensors, key=lambda item: _t5_shard(item[0], num_layers)):
         shard_tensors = {name: tensor.cpu() for name, tensor in named}
-        write_file(os.path.join(folder, T5_SHARD_NAMES[shard]),
-                   lambda temporary, tensors=shard_tensors: save_file(tensors, temporary, metadata={"format": "pt"}))
+        _write_safetensors(os.path.join(folder, T5_SHARD_NAMES[shard]), shard_tensors)
         weight_map.update(dict.fromkeys(shard_tensors, T5_SHARD_NAMES[shard]))
         total_bytes += sum(t.numel() * t.element_size() for t in shard_tensors.values())
         del shard_tensors  # before the next shard is generated
