@@ -28,6 +28,8 @@ import zipfile
 
 from safetensors import SafetensorError, safe_open
 
+from .output_files import first_line
+
 DIT_PREFIX = "model.diffusion_model."
 POSITION_TABLE_KEY = "mixins.pos_embed.pos_embedding"
 # Stray tensors some SAT files carry; the DiT either lacks them or recomputes them (spec 1.3, 6.6).
@@ -81,11 +83,6 @@ def _torch_load(path):
         return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
 
 
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def _require_nonempty(path):
     _require(path)
     if os.path.getsize(path) == 0:
@@ -100,7 +97,7 @@ def _read_torch_file(path):
     try:
         return _torch_load(path)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
-        raise ValueError(f"{path}: unreadable torch checkpoint ({_first_line(error)}); download it again") from None
+        raise ValueError(f"{path}: unreadable torch checkpoint ({first_line(error)}); download it again") from None
 
 
 def _unwrap(checkpoint, path, wrapper_keys):
@@ -181,7 +178,7 @@ def safetensors_shapes(path) -> dict:
         with safe_open(path, framework="pt") as f:
             return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except SafetensorError as error:
-        raise ValueError(f"{path}: unreadable safetensors file ({_first_line(error)}; truncated, corrupt or a "
+        raise ValueError(f"{path}: unreadable safetensors file ({first_line(error)}; truncated, corrupt or a "
                          "git-lfs pointer instead of the weights); download it again") from None
 
 
@@ -191,7 +188,7 @@ def _read_json(path):
         with open(path) as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({_first_line(error)})") from None
+        raise ValueError(f"{path}: not valid JSON ({first_line(error)})") from None
 
 
 def shard_files(folder, weights_name):
@@ -325,7 +322,7 @@ def check_t5_weights(folder):
         with torch.device("meta"):
             encoder = T5EncoderModel(config)
     except (TypeError, ValueError, AttributeError) as error:
-        raise ValueError(f"{config_path}: not a T5 encoder config ({_first_line(error)})") from None
+        raise ValueError(f"{config_path}: not a T5 encoder config ({first_line(error)})") from None
     expected = model_shapes(encoder)
     tied_aliases = set(expected) - {name for name, _ in encoder.named_parameters()} - {
         name for name, _ in encoder.named_buffers()}

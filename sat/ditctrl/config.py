@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .controllers import CONTROLLERS
-from .output_files import OutputRun, write_text
+from .output_files import OutputRun, first_line, write_text
 
 NUM_TRAIN_TIMESTEPS = 1000  # the DDPM discretisation CogVideoX was trained with (schedule.py builds on it)
 
@@ -135,10 +135,6 @@ def argument_schema() -> dict[str, ArgType]:
     return {key: _DECLARED_TYPES.get(key) or _type_from_default(key, value) for key, value in defaults.items()}
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0]
-
-
 def _suggestion(word: str, choices: Iterable[str], otherwise: str = "") -> str:
     matches = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean '{matches[0]}'?" if matches else otherwise
@@ -151,14 +147,14 @@ def _read_yaml(path: str):
     try:
         return OmegaConf.load(path)
     except (yaml.YAMLError, OmegaConfBaseException) as error:
-        raise ConfigError(f"cannot parse {path}: {_first_line(error)}") from error
+        raise ConfigError(f"cannot parse {path}: {first_line(error)}") from error
 
 
 def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except (yaml.YAMLError, OmegaConfBaseException) as error:
-        raise ConfigError(f"cannot parse the {CLI_SOURCE} overrides: {_first_line(error)}") from error
+        raise ConfigError(f"cannot parse the {CLI_SOURCE} overrides: {first_line(error)}") from error
 
 
 def _section(config: DictConfig, name: str, source: str) -> DictConfig:
@@ -175,7 +171,7 @@ def _checked_args(section: DictConfig, source: str) -> dict:
     try:
         values = OmegaConf.to_container(section, resolve=True)
     except OmegaConfBaseException as error:
-        raise ConfigError(f"cannot resolve the args of {source}: {_first_line(error)}") from error
+        raise ConfigError(f"cannot resolve the args of {source}: {first_line(error)}") from error
     schema = argument_schema()
     checked = {}
     for key, value in values.items():
@@ -356,7 +352,7 @@ def _check_model_value(model: DictConfig, key: str, rule) -> None:
         value = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(model, key, throw_on_missing=True)}),
                                        resolve=True)["v"]
     except OmegaConfBaseException as error:
-        raise ConfigError(f"cannot resolve model.{key}: {_first_line(error)}") from error
+        raise ConfigError(f"cannot resolve model.{key}: {first_line(error)}") from error
     _require(value is not None, f"model.{key} is missing; the base configs define it (configs/cogvideox_2b.yaml)")
     _require(accepts(value), f"model.{key} must be {description}, got {value!r} ({type(value).__name__})")
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 import traceback
 
-from .output_files import OutputRun, OutputWriteError
+from .output_files import OutputRun, OutputWriteError, first_line
 
 INTERRUPTED_NOTE = "no output of this run was kept; earlier outputs are unchanged"
 OUT_OF_MEMORY_HINT = ("args.offload=True keeps the VAE on the CPU while sampling and the DiT there while decoding; "
@@ -55,13 +55,9 @@ def exit_status(error: BaseException) -> int:
     return 2 if isinstance(error, USER_ERRORS) else 1
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
-
-
 def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {_first_line(error)}" if _first_line(error) else type(error).__name__
+    """`Type: first line of its text`, or the type alone for an error without text."""
+    return f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -93,7 +89,7 @@ def guarded(main, *args) -> None:
         _stop(f"error: {error}; {INTERRUPTED_NOTE}", 1)
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line instead of a traceback
         if _is_out_of_memory(error):
-            _stop(f"error: out of GPU memory ({_first_line(error)}); {OUT_OF_MEMORY_HINT}; {INTERRUPTED_NOTE}", 1)
+            _stop(f"error: out of GPU memory ({first_line(error)}); {OUT_OF_MEMORY_HINT}; {INTERRUPTED_NOTE}", 1)
         try:
             where = f"full log: {write_internal_log(error)}"
         except OSError as log_error:

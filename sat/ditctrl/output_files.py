@@ -46,12 +46,17 @@ def temporary_path(path: str) -> str:
     return os.path.join(folder, f".{stem}{PARTIAL_TAG}{os.getpid()}{extension}")
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's text, or its type's name when it has none (for one-line messages)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _reason(error: BaseException) -> str:
     """One line: the OS message of an OSError, else the first line of the error's text."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
 
 
 def _remove_quietly(path: str) -> None:

@@ -4,7 +4,7 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from .output_files import OutputCheckError, write_file
+from .output_files import OutputCheckError, first_line, write_file
 
 
 def _check_frame_count(path: str, expected: int) -> None:
@@ -12,7 +12,7 @@ def _check_frame_count(path: str, expected: int) -> None:
     try:
         frames, _ = imageio_ffmpeg.count_frames_and_secs(path)
     except (RuntimeError, OSError) as error:
-        raise OutputCheckError(f"the video does not read back ({str(error).strip().splitlines()[0]})") from error
+        raise OutputCheckError(f"the video does not read back ({first_line(error)})") from error
     if frames != expected:
         raise OutputCheckError(f"the video reads back with {frames} frames instead of {expected}")
 
