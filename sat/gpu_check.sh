@@ -6,8 +6,8 @@
 # Then one tiny sample_video.py run started by torchrun as one rank (NCCL; gloo on the CPU in --dry-run).
 # Writes OUTDIR (default outputs/gpu_check): environment.txt, cuda_tests.log, cuda_tests.xml (numbers per test),
 # benchmark.log, benchmark.json, torchrun.log (and its video under torchrun/), summary.txt. Installs nothing; needs torch, transformers, sentencepiece, numpy,
-# imageio(-ffmpeg), matplotlib, tqdm, safetensors, pytest, SwissArmyTransformer, omegaconf, accelerate (see README);
-# a missing one stops it at once with one line naming them.
+# imageio(-ffmpeg), matplotlib, tqdm, safetensors, pytest, SwissArmyTransformer, omegaconf, accelerate; a missing
+# one stops it at once with one line naming them (docs/performance.md, "Machines without network").
 set -u
 DRY_RUN=0
 if [ "${1:-}" = "--dry-run" ]; then DRY_RUN=1; shift; fi
@@ -25,7 +25,8 @@ MISSING=$(python3 -c "import importlib.util as u; print(' '.join(m for m in ('tr
 'imageio', 'imageio_ffmpeg', 'matplotlib', 'tqdm', 'safetensors', 'pytest', 'sat', 'omegaconf', 'accelerate')
 if u.find_spec(m) is None))")
 if [ -n "$MISSING" ]; then
-  echo "error: missing Python packages: $MISSING (README.md, 'Checking a GPU machine': the wheels to bring)" >&2
+  echo "error: missing Python packages: $MISSING (docs/performance.md, 'Machines without network': the wheels" \
+       "to bring)" >&2
   exit 2
 fi
 

@@ -101,7 +101,7 @@ def test_tiny_cpu_run_writes_every_promised_number(tmp_path, one_thread, monkeyp
     out = tmp_path / "result" / "benchmark.json"
     results = benchmark.main(["--tiny", "--device", "cpu", "--steps", "2", "--repeats", "1", "--attention-backend",
                               "math", "--checkpoint-dir", str(tmp_path / "weights"), "--out", str(out),
-                              "--skip", "ranks_measured"])  # spawns processes; measured by hand (README)
+                              "--skip", "ranks_measured"])  # spawns processes; measured by hand (docs/performance.md)
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     assert (tmp_path / "weights" / "transformer" / "latest").is_file()
     settings = results["settings"]

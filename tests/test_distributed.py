@@ -339,7 +339,8 @@ def test_rank_work_counts_each_ranks_layer_calls(share_work, size, max_batch_win
 
 
 def test_rank_work_for_rose_by_hand():
-    """rose: 7 windows, groups [0,1] [2,3] [4,5] [6]; 30 layers, KV-sharing from layer 25 (the README's model)."""
+    """rose: 7 windows, groups [0,1] [2,3] [4,5] [6]; 30 layers, KV-sharing from layer 25 (the model of
+    docs/performance.md, "Expected speed-up with several GPUs")."""
     work = rank_work(ROSE_LAYOUT, 2, 30, 25)
     assert [r["row_layers"] for r in work["pairs"]] == [3 * 4 * 30] * 2
     assert [r["row_layers"] for r in work["window_groups"]] == [4 * 2 * 30, 3 * 2 * 30]

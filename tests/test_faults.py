@@ -239,7 +239,7 @@ def test_out_of_gpu_memory_is_one_line_with_what_frees_memory(monkeypatch, capsy
     assert guarded_edit(capsys, rerun_folder, "args.seed=7") == (1, (
         "error: out of GPU memory (CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
         "23.64 GiB); args.offload=True keeps the VAE on the CPU while sampling and the DiT there while decoding; "
-        "README.md, 'What fits which GPU'; no output of this run was kept; earlier outputs are unchanged"))
+        "docs/performance.md, 'What fits which GPU'; no output of this run was kept; earlier outputs are unchanged"))
     assert_untouched(rerun_folder, earlier_run[1])
 
 

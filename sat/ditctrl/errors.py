@@ -25,7 +25,7 @@ from .output_files import OutputRun, OutputWriteError, first_line
 
 INTERRUPTED_NOTE = "no output of this run was kept; earlier outputs are unchanged"
 OUT_OF_MEMORY_HINT = ("args.offload=True keeps the VAE on the CPU while sampling and the DiT there while decoding; "
-                      "README.md, 'What fits which GPU'")
+                      "docs/performance.md, 'What fits which GPU'")
 COMMITTED_NOTE = "after this run's outputs were all written"
 USER_ERRORS = (ValueError, FileNotFoundError)  # bad input (MissingCheckpointError is a FileNotFoundError): status 2
 

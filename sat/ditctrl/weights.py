@@ -73,7 +73,7 @@ def check_weight_files(cfg) -> dict:
 
     One error names every missing path and the download of the configured model (`model.name`). From a
     diffusers folder the model's shape, VAE scale factor and SNR shift are then taken into `cfg.model` (see
-    README: what comes from where). Reads folder listings and JSON configs only.
+    docs/weights.md, "What comes from where"). Reads folder listings and JSON configs only.
     """
     load, model_name = weight_path(cfg.args.load), cfg.model.name
     if not os.path.isdir(load):
