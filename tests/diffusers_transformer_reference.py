@@ -1,4 +1,4 @@
-"""SAT -> diffusers key mapping for the CogVideoX transformer (cogvideox.md §6.1), test-only."""
+"""SAT -> diffusers key mapping for the CogVideoX transformer (docs/weights.md, "Name map"), test-only."""
 import torch
 
 

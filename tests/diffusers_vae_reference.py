@@ -1,4 +1,4 @@
-"""SAT -> diffusers key mapping for the CogVideoX VAE (cogvideox.md §6.2), test-only."""
+"""SAT -> diffusers key mapping for the CogVideoX VAE (docs/weights.md, "Name map"), test-only."""
 import re
 
 from diffusers import AutoencoderKLCogVideoX

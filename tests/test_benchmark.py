@@ -1,4 +1,4 @@
-"""FLOP formulas against the spec and torch's FLOP counter, and an end-to-end CPU run of sat/benchmark.py."""
+"""FLOP formulas against hand counts and torch's FLOP counter, and an end-to-end CPU run of sat/benchmark.py."""
 import json
 
 import pytest
@@ -62,7 +62,7 @@ def test_formulas_equal_torch_flop_counter_on_a_small_dit():
 def test_rose_run_flops_faithful_and_shared():
     faithful = row_layer_count(ROSE, 50, 30, KV_STEPS, KV_FIRST_LAYER, share_work=False)
     shared = row_layer_count(ROSE, 50, 30, KV_STEPS, KV_FIRST_LAYER, share_work=True)
-    assert faithful == 1200 * 30  # 6 pairs · 4 rows · 50 steps (spec §13), 30 layers each
+    assert faithful == 1200 * 30  # 6 pairs · 4 rows · 50 steps · 30 layers (docs/performance.md, "FLOP counts")
     assert faithful / shared == pytest.approx(1.625, abs=1e-3)
     assert run_flops(FULL, 13, faithful) / PETA == pytest.approx(144, abs=0.1)  # 1200 rows · 120 TFLOP
     assert run_flops(FULL, 13, faithful) / run_flops(FULL, 13, shared) == pytest.approx(faithful / shared, rel=1e-9)

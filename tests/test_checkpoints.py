@@ -1,4 +1,4 @@
-"""Checkpoint readers against files written in the released layouts (cogvideox.md 1.2-1.5)."""
+"""Checkpoint readers against files written in the released layouts (docs/weights.md, "SAT layout")."""
 import argparse
 import json
 import os

@@ -21,7 +21,7 @@ from ditctrl.entry_points import ENTRY_POINTS, plan_run
 from ditctrl.output_files import temporary_path
 from ditctrl.weights import weight_paths
 
-# Spec ditctrl.md §2.2: the reference inference.yaml `args`, key for key, less the keys that no longer do anything.
+# The original inference.yaml's `args` (docs/configuration.md, "Args keys"), key for key, less the retired keys.
 RETIRED = {"mode": "inference", "batch_size": 1, "force_inference": True, "is_edit": False}
 REFERENCE_DEFAULTS = {
     "latent_channels": 16, "load": "CogVideoX-2b-sat/transformer",

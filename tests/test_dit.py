@@ -22,7 +22,7 @@ def models():
         text_embed_dim=64, num_layers=2, sample_width=12, sample_height=8, sample_frames=9, patch_size=2,
         max_text_seq_length=7, spatial_interpolation_scale=1.875, temporal_interpolation_scale=1.0)
     ref.load_state_dict(sat_to_diffusers(ours.state_dict(), 256), strict=True)
-    ref.norm_out.norm.eps = 1e-6  # SAT's final adaLN norm uses 1e-6, diffusers' default 1e-5 (spec §6.4.1)
+    ref.norm_out.norm.eps = 1e-6  # SAT's final adaLN norm uses 1e-6, diffusers' default 1e-5
     return ours.eval(), ref.eval()
 
 

@@ -42,7 +42,7 @@ def masked_softmax_attention(q, k, v, bias):
 
 
 def reference_layers(qkv_per_layer, controlled_layers, text_length, grid, thres, ref, cur):
-    """The original algorithm (§5) with explicit maps: accumulate every layer's full maps, N×N masks, blend."""
+    """The original algorithm with explicit maps: accumulate every layer's full maps, N×N masks, blend."""
     outputs, video_text = [], 0
     for layer, (q, k, v) in enumerate(qkv_per_layer):
         video_text = video_text + softmax_maps(q, k).mean(1)[:, text_length:, :text_length]  # (4, V, T)
@@ -106,7 +106,7 @@ def test_accumulated_maps_equal_full_softmax_maps_of_every_layer(model):
 
 
 def test_fp16_accumulation_like_the_original_stays_within_4e3_of_fp32():
-    """The original sums fp16 maps over heads and layers (§12 item 7); on this case its masks differ by < 4e-3."""
+    """The original sums fp16 maps over heads and layers; on this case its masks differ by < 4e-3."""
     text_length, grid, tokens = 6, (2, 8, 10), [0, 2]
     layers = [(q, k) for q, k, _ in random_qkv(5, heads=4, n=166, d=16, layers=8)]
     fp32 = TokenAttentionMap(tokens)

@@ -1,4 +1,4 @@
-"""SDE-DPM-Solver++(2M) and DDIM steps and loops: spec multipliers, diffusers parity, RNG policies, invariants."""
+"""SDE-DPM-Solver++(2M) and DDIM steps and loops: reference multipliers, diffusers parity, RNG policies, invariants."""
 
 import math
 
@@ -18,7 +18,7 @@ from ditctrl.schedule import SamplingSchedule, sampling_schedule
 
 SHAPE = (2, 3, 4, 5, 6)  # (B, T, C, H, W), small
 
-# cogvideox.md 3.5: (h, r, m1, m2, m3, m4, sigma) in float64 from the float32 a_i.
+# Reference multipliers (h, r, m1, m2, m3, m4, sigma) in float64 from the float32 a_i (docs/model.md, "Sampler").
 SPEC_MULTIPLIERS = {
     1: (0.738504, math.inf, 0.477806, -0.008430, 1.0, 0.0, 0.878401),
     25: (0.073504, 1.018381, 0.922137, -0.045287, 1.490976, 0.490976, 0.348872),
@@ -39,7 +39,7 @@ def affine_x0(x, step_index, alpha, timestep):
 def test_multipliers_match_spec_table(i):
     a = sampling_schedule().alphas
     got = [float(m) for m in dpmpp_2m_sde_multipliers(a[i - 1], a[i], a[i + 1], dtype=torch.float64)]
-    # 5e-6: the spec's a_i differ from SAT's CPU arithmetic by one float32 ulp, which r amplifies.
+    # 5e-6: these reference a_i differ from SAT's CPU arithmetic by one float32 ulp, which r amplifies.
     assert got == pytest.approx(SPEC_MULTIPLIERS[i], abs=5e-6)
 
 

@@ -1,4 +1,4 @@
-"""Noise schedule, sampling schedule, alpha quantisation and dynamic CFG against the spec and diffusers."""
+"""Noise schedule, sampling schedule, alpha quantisation and dynamic CFG against reference values and diffusers."""
 
 import math
 
@@ -14,7 +14,7 @@ from ditctrl.schedule import (
     shifted_alphas_cumprod,
 )
 
-# cogvideox.md 3.1 and 3.2; the spec's numbers agree with SAT's code (run on CPU) to one float32 ulp.
+# SAT's schedule (docs/model.md, "Noise schedule"); these values agree with SAT's code on CPU to one float32 ulp.
 SPEC_TABLE = {0: 0.99872637, 1: 0.99739689, 19: 0.97291982, 499: 0.30978954, 979: 0.00521482, 998: 0.00024961, 999: 0.0}
 SPEC_ALPHAS = {
     0: 0.0, 1: 0.00522029, 2: 0.01092453, 3: 0.01713505, 4: 0.02387295, 45: 0.85580373,
@@ -29,7 +29,7 @@ FLOAT32_ULP_NEAR_1 = 6e-8
 
 
 def diffusers_dpm_scheduler() -> CogVideoXDPMScheduler:
-    """diffusers' CogVideoX DPM scheduler configured as cogvideox.md 6.3, with 50 inference steps."""
+    """diffusers' CogVideoX DPM scheduler configured as SAT's schedule (docs/model.md, "Noise schedule"), 50 steps."""
     scheduler = CogVideoXDPMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

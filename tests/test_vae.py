@@ -1,4 +1,4 @@
-"""CogVideoX VAE: SAT checkpoint layout, and equality to diffusers' AutoencoderKLCogVideoX (cogvideox.md §5, §6.5)."""
+"""CogVideoX VAE: SAT checkpoint layout, and equality to diffusers' AutoencoderKLCogVideoX (docs/model.md, "VAE")."""
 import copy
 
 import pytest
@@ -93,7 +93,7 @@ def test_one_shot_decode_matches_diffusers_single_batch(ours, reference, frames,
 
 
 def test_chunked_decode_differs_from_one_shot(ours):
-    # GroupNorm statistics are taken per chunk (spec 5.4), so chunking is not a pure reordering.
+    # GroupNorm statistics are taken per chunk (docs/model.md, "Chunked decode"), so chunking is not a pure reordering.
     z = latent(5, seed=20)
     assert max_diff(ours.decode(z), ours.decode(z, chunked=False)) > 1e-2
 

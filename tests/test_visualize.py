@@ -24,7 +24,7 @@ def normalise(x):
 
 
 def naive_maps(layers_qk, text_length, grid, tokens):
-    """Running mean over the given layers of explicit head-averaged softmax maps, cut as ditctrl.md §5.1/§10."""
+    """Running mean over the given layers of explicit head-averaged softmax maps, cut as the original's."""
     frames, rows, cols = grid
     full = torch.stack([torch.softmax(q @ k.transpose(-1, -2) / HEAD_DIM ** 0.5, -1).mean(1) for q, k in layers_qk])
     mean = full.mean(0)  # (B, N, N)

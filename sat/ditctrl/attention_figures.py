@@ -1,4 +1,4 @@
-"""Figures of attention maps (ditctrl.md §10), drawn with matplotlib's object API on the Agg canvas.
+"""Figures of attention maps (docs/method.md), drawn with matplotlib's object API on the Agg canvas.
 
 No pyplot: every figure is a standalone `Figure`, so nothing global is touched and nothing leaks.
 Maps come in already normalised to [0, 1].

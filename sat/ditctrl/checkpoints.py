@@ -1,10 +1,10 @@
-"""Strict readers for the CogVideoX files a user downloads (cogvideox.md section 1).
+"""Strict readers for the CogVideoX files a user downloads (docs/weights.md, "SAT layout").
 
 SAT layout:
 
-* ``transformer/latest`` + ``transformer/<iter>/mp_rank_00_model_states.pt``: the DiT (1.2-1.4);
-* ``vae/3d-vae.pt``: the VAE (1.5);
-* ``t5-v1_1-xxl/``: a Hugging Face T5 encoder folder (1.6), checked here and loaded by ``text_encoder``.
+* ``transformer/latest`` + ``transformer/<iter>/mp_rank_00_model_states.pt``: the DiT;
+* ``vae/3d-vae.pt``: the VAE;
+* ``t5-v1_1-xxl/``: a Hugging Face T5 encoder folder, checked here and loaded by ``text_encoder``.
 
 The diffusers layout's safetensors folders are read by ``SafetensorsSource`` (their names are mapped
 to ours by ``diffusers_layout``). Every reader is a tensor source: ``check_shapes`` compares its names
@@ -32,7 +32,7 @@ from .output_files import first_line
 
 DIT_PREFIX = "model.diffusion_model."
 POSITION_TABLE_KEY = "mixins.pos_embed.pos_embedding"
-# Stray tensors some SAT files carry; the DiT either lacks them or recomputes them (spec 1.3, 6.6).
+# Stray tensors some SAT files carry; the DiT either lacks them or recomputes them (docs/weights.md, "SAT layout").
 AUXILIARY_DIT_KEYS = frozenset({
     "transformer.word_embeddings.weight",
     "transformer.position_embeddings.weight",
@@ -139,7 +139,7 @@ def read_transformer_state_dict(folder):
 
     If any key carries the prefix ``model.diffusion_model.``, only those keys are kept (prefix
     stripped), as SAT's ``load_checkpoint`` does; a file without the prefix is taken as it is.
-    The auxiliary keys of spec 1.3 are dropped.
+    The stray keys of ``AUXILIARY_DIT_KEYS`` are dropped.
     """
     path = transformer_file(folder)
     weights = _unwrap(_read_torch_file(path), path, DIT_WRAPPER_KEYS)

@@ -1,4 +1,4 @@
-"""The Hugging Face (diffusers) layout of CogVideoX: one folder with every part (cogvideox.md §6).
+"""The Hugging Face (diffusers) layout of CogVideoX: one folder with every part (docs/weights.md, "Diffusers layout").
 
     model_index.json  transformer/  vae/  text_encoder/  tokenizer/  scheduler/
 

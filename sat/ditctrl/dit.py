@@ -1,4 +1,4 @@
-"""CogVideoX-2B / 5B diffusion transformer as a SwissArmyTransformer `BaseModel` (cogvideox.md §2, §6.6).
+"""CogVideoX-2B / 5B diffusion transformer as a SwissArmyTransformer `BaseModel` (docs/model.md, "DiT").
 
 Mixins, added in the original's order and under the original's names so that checkpoint keys
 match (`mixins.pos_embed.*`, `mixins.patch_embed.*`, `mixins.adaln_layer.*`, `mixins.final_layer.*`):

@@ -1,6 +1,6 @@
-"""FLOP counts of the CogVideoX DiT (cogvideox.md §7, ditctrl.md §13); a multiply-add counts as 2.
+"""FLOP counts of the CogVideoX DiT (docs/performance.md, "FLOP counts"); a multiply-add counts as 2.
 
-Only matrix products are counted (linear layers, the patch convolution, QKᵀ and PV), as in the spec;
+Only matrix products are counted (linear layers, the patch convolution, QKᵀ and PV);
 norms, activations, biases and the softmax are left out. All counts are per batch row.
 """
 import inspect

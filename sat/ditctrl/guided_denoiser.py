@@ -1,4 +1,4 @@
-"""The DiT as a guided x0 predictor: v-prediction, table-snapped scalings, dynamic CFG (cogvideox.md §3.3-3.4)."""
+"""The DiT as a guided x0 predictor: v-prediction, table-snapped scalings, dynamic CFG (docs/model.md)."""
 import torch
 
 from .denoiser import dynamic_cfg_scale, guide, quantize_alpha, v_to_x0

@@ -1,4 +1,4 @@
-"""Fusing the per-window x0 predictions of one denoising step into the long latent (ditctrl.md §3.6)."""
+"""Fusing the window x0 predictions of one denoising step into the long latent (docs/method.md, "Latent blending")."""
 import torch
 
 

@@ -25,8 +25,8 @@ class MultiPromptDenoiser:
     their left and as source of the pair on their right). A layout with a single window is
     denoised alone.
 
-    With `share_work` the work both roles of a window have in common is done once (ditctrl.md
-    §12 item 4), in DiT batches of at most `max_batch_windows` windows (2 rows each):
+    With `share_work` the work both roles of a window have in common is done once (docs/method.md,
+    "Work sharing across windows"), in DiT batches of at most `max_batch_windows` windows (2 rows each):
     - steps where the controller does not act: each window is denoised once and its prediction
       added once per role;
     - steps where a controller marked `per_window_below_first_layer` (KV-sharing) acts from layer

@@ -1,4 +1,4 @@
-"""Fixed 3-D sin-cos position table of CogVideoX-2B (cogvideox.md §2.5)."""
+"""Fixed 3-D sin-cos position table of CogVideoX-2B (docs/model.md, "Position embedding: 3-D sin-cos table (2B)")."""
 import numpy as np
 import torch
 
@@ -34,7 +34,7 @@ def sincos_3d(hidden_size: int, frames: int, height: int, width: int,
 
 
 def rotary_3d(head_dim: int, frames: int, height: int, width: int, theta: float = 10000.0):
-    """cos, sin (frames*height*width, head_dim) float32 of CogVideoX-5B's 3-D rotary embedding (cogvideox.md §6.6).
+    """cos, sin (frames*height*width, head_dim) float32 of CogVideoX-5B's 3-D rotary embedding.
 
     The head dim splits into time (head_dim // 4) and rows and columns (head_dim // 8 * 3 each). Per axis
     the frequencies 1/theta^(2k/dim) multiply the integer position and are repeated for interleaved

@@ -1,4 +1,4 @@
-"""Window ("segment") layout of a multi-prompt long video (ditctrl.md §3.2, §3.3, §6).
+"""Window ("segment") layout of a multi-prompt long video (docs/method.md, "Window layout").
 
 A pure function of the prompt count and the tiling settings; all sizes are in latent frames.
 """

@@ -1,7 +1,7 @@
 """Writers of random-weight checkpoints in exactly the on-disk layouts of the real downloads.
 
 They let every loader and the whole pipeline run without the real CogVideoX-2B / 5B weights
-(cogvideox.md section 1), in either layout: SAT (a ``transformer`` folder, ``3d-vae.pt`` and a
+(docs/weights.md), in either layout: SAT (a ``transformer`` folder, ``3d-vae.pt`` and a
 Hugging Face T5 folder) or diffusers (one folder: ``model_index.json``, ``transformer/``, ``vae/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``). The tokenizer is a real SentencePiece model
 trained offline on ``assets/tokenizer_corpus.txt``.

@@ -1,4 +1,4 @@
-"""T5 v1.1 text conditioning as CogVideoX's ``FrozenT5Embedder`` does it (cogvideox.md section 4).
+"""T5 v1.1 text conditioning as CogVideoX's ``FrozenT5Embedder`` does it (docs/model.md, "T5 text encoder").
 
 Everything is read from a local folder, never from the Hugging Face hub. Transformers 5 builds the
 ``T5Tokenizer`` from ``spiece.model`` by converting it to a ``tokenizers`` Unigram model, which needs

@@ -1,4 +1,4 @@
-"""CogVideoX 3-D causal VAE with the parameter layout of SAT's ``3d-vae.pt`` (cogvideox.md §1.5, §5).
+"""CogVideoX 3-D causal VAE with the parameter layout of SAT's ``3d-vae.pt`` (docs/model.md, "VAE").
 
 Tensors are (B, C, T, H, W). The encoder compresses ×8 in space and ×4 in time with frame 0 kept
 on its own, so F = 4(T-1)+1 frames map to T latent frames. ``decode`` takes latents already divided

@@ -1,4 +1,4 @@
-"""KV-sharing (the original's `KVSharingAdaLNMixin`, ditctrl.md §4.3)."""
+"""KV-sharing (the original's `KVSharingAdaLNMixin`, docs/method.md, "KV-sharing")."""
 import torch
 
 from ..pair_batch import PairBatch

@@ -1,4 +1,4 @@
-"""Mask-guided KV-sharing (the original's `KVSharingMaskGuidedAdaLNMixin`, ditctrl.md §5), without N×N maps.
+"""Mask-guided KV-sharing (the original's `KVSharingMaskGuidedAdaLNMixin`, docs/method.md), without N×N maps.
 
 In a controlled step, layers 0…ℓ_max (ℓ_max = the last controlled layer) record, for the conditional
 rows only, the head-averaged video→text attention summed over a token set: c_source over
@@ -60,7 +60,7 @@ class TokenAttentionMap:
 
 
 def masked_target_attention(q, k, v, text_length: int, source_fg: torch.Tensor, target_fg: torch.Tensor):
-    """Target queries q against their sources' k, v (all (B, heads, N, d)) under the fg/bg key split (§5.2).
+    """Target queries q against their sources' k, v (all (B, heads, N, d)) under the fg/bg key split.
 
     source_fg, target_fg: (V,) bool over the video tokens. Text queries see every key. A video query with
     target_fg sees the text keys and the video keys with source_fg; any other video query the text keys and the

@@ -1,4 +1,4 @@
-"""PNG files of the mask-guided controller's continuous masks (ditctrl.md §5.3)."""
+"""PNG files of the mask-guided controller's continuous masks (docs/method.md, "Mask-guided KV-sharing")."""
 import imageio.v3 as iio
 import torch
 

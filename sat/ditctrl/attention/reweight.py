@@ -1,4 +1,4 @@
-"""Attention reweighting of prompt tokens (the original's `ReWeightAdaLNMixin`, ditctrl.md §9).
+"""Attention reweighting of prompt tokens (the original's `ReWeightAdaLNMixin`, docs/method.md, "Reweight").
 
 The original materialises the (heads, N, N) probability map per target branch. Only the entries
 between the chosen text tokens and the video change, so here the ordinary fused attention runs

@@ -1,4 +1,4 @@
-"""Attention-map visualisation (the original's `VisualizeAdaLNMixin`, ditctrl.md §10).
+"""Attention-map visualisation (the original's `VisualizeAdaLNMixin`, docs/method.md, "Attention visualisation").
 
 The original writes, at layer ℓ, the running mean over layers 0…ℓ of the current forward (ℓ
 included) of head-averaged softmax maps. Here, only at the requested sampler iterations and only for
