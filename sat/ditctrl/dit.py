@@ -9,6 +9,10 @@ match (`mixins.pos_embed.*`, `mixins.patch_embed.*`, `mixins.adaln_layer.*`, `mi
 - `AdaLNMixin`: the whole CogVideoX block (adaLN-modulated LayerNorms, joint attention with
   per-head QK LayerNorm, MLP). Its attention goes through an exchangeable `AttentionController`;
 - `FinalLayerMixin`: adaLN final norm, projection, unpatchify.
+
+SAT supplies the layers' modules, the parameter names and the checkpoint format. The forward does not go through
+SAT's transformer loop: it calls the mixins' hooks itself, in three parts (`embed`, `run_layers` over any layer
+range, `head`), so that a forward can stop after any layer and resume there.
 """
 import math
 from argparse import Namespace
@@ -18,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from sat.model.base_model import BaseMixin, BaseModel
-from sat.mpu import copy_to_model_parallel_region
 
 from . import block_elementwise
 from .block_elementwise import modulate
@@ -252,53 +255,45 @@ class DiffusionTransformer(BaseModel):
         The controller and the matrix products stay eager; compiling happens at the first forward per shape."""
         self.mixins["adaln_layer"].elementwise = block_elementwise.compiled() if enabled else block_elementwise.EAGER
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype; `embed` casts the inputs to it."""
+        return self.transformer.final_layernorm.weight.dtype
+
     def forward(self, latents, timesteps, context, step=None, pair=None):
         """`step` (sampler iteration) and `pair` (window pair) tell the controller where it is."""
-        inputs = self._hook_inputs(latents, timesteps, context)
-        ones = self._ones(latents.device)
-        self.controller.begin_forward(step, pair, inputs["token_grid"])
-        return super().forward(input_ids=ones, position_ids=ones, attention_mask=ones, **inputs)[0]
+        state = self.embed(latents, timesteps, context)
+        self.controller.begin_forward(step, pair, state.token_grid)
+        return self.head(self.run_layers(state, 0, self.num_layers))
 
-    # forward in three parts (the same SAT hooks, called directly): embed, any layer range, head.
-    # embed + run_layers(0, num_layers) + head computes exactly what forward does.
-
-    def _hook_inputs(self, latents, timesteps, context) -> dict:
-        """The keyword inputs SAT hands every hook, cast to the model dtype."""
-        dtype = self._ones(latents.device).dtype
-        _, frames, _, height, width = latents.shape
-        return dict(latents=latents.to(dtype).contiguous(), context=context.to(dtype),
-                    emb=self.time_embed(timestep_embedding(timesteps, self.hidden_size).to(dtype)),
-                    token_grid=(frames, height // self.patch_size, width // self.patch_size))
+    # The forward's three parts, each calling the mixins' SAT hooks as SAT's transformer loop would (the token ids,
+    # position ids and attention mask of SAT's signatures are unused: None). The guided denoiser also runs them
+    # separately, to compute layers shared by several batches once (`GuidedDenoiser.begin` / `finish`).
 
     def embed(self, latents, timesteps, context) -> TransformerState:
-        """Token embedding plus position embedding, as SAT's transformer starts its forward."""
-        inputs = self._hook_inputs(latents, timesteps, context)
-        ones = self._ones(latents.device)
-        hidden = self.hooks["word_embedding_forward"](ones, output_cross_layer={}, **inputs)
-        position = self.hooks["position_embedding_forward"](ones, output_cross_layer={}, **inputs)
+        """Patch and text embedding plus position embedding, and the timestep embedding the layers read."""
+        dtype = self.dtype
+        _, frames, _, height, width = latents.shape
+        inputs = dict(latents=latents.to(dtype).contiguous(), context=context.to(dtype),
+                      emb=self.time_embed(timestep_embedding(timesteps, self.hidden_size).to(dtype)),
+                      token_grid=(frames, height // self.patch_size, width // self.patch_size))
+        hidden = self.hooks["word_embedding_forward"](None, **inputs)
+        position = self.hooks["position_embedding_forward"](None, **inputs)
         hidden = hidden if position is None else hidden + position
-        return TransformerState(self.transformer.embedding_dropout(hidden), inputs["context"], inputs["emb"],
-                                inputs["token_grid"])
+        return TransformerState(hidden, inputs["context"], inputs["emb"], inputs["token_grid"])
 
     def run_layers(self, state: TransformerState, start: int, stop: int) -> TransformerState:
         """Transformer layers [start, stop) on `state`. The controller's state is left as it is: the caller
         tells it where it is (`controller.begin_forward`) before the first range of a forward."""
         if not 0 <= start <= stop <= self.num_layers:
             raise ValueError(f"layer range [{start}, {stop}) is outside the model's {self.num_layers} layers")
-        hidden, ones = state.hidden, self._ones(state.hidden.device)
+        hidden = state.hidden
         for index in range(start, stop):
-            hidden = self.hooks["layer_forward"](hidden, ones, layer_id=torch.tensor(index), context=state.context,
+            hidden = self.hooks["layer_forward"](hidden, None, layer_id=torch.tensor(index), context=state.context,
                                                  emb=state.emb, token_grid=state.token_grid)
         return TransformerState(hidden, state.context, state.emb, state.token_grid)
 
     def head(self, state: TransformerState) -> torch.Tensor:
         """SAT's final LayerNorm and our final layer: hidden states -> v (B, T, C, H, W)."""
-        transformer = self.transformer
-        logits = transformer.final_layernorm(state.hidden) if transformer.use_final_layernorm else state.hidden
-        return self.hooks["final_forward"](copy_to_model_parallel_region(logits), context=state.context,
-                                           emb=state.emb, token_grid=state.token_grid,
-                                           parallel_output=transformer.parallel_output)
-
-    def _ones(self, device) -> torch.Tensor:
-        """The all-ones (1, 1) ids and mask SAT's forward expects (unused by our hooks), in the model dtype."""
-        return torch.ones(1, 1, device=device, dtype=self.transformer.final_layernorm.weight.dtype)
+        return self.hooks["final_forward"](self.transformer.final_layernorm(state.hidden), context=state.context,
+                                           emb=state.emb, token_grid=state.token_grid)
