@@ -50,6 +50,9 @@ import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from benchmarking.flops import DiTSize, forward_flops, run_flops  # noqa: E402
+from benchmarking.kernel_profile import profile_device_time  # noqa: E402
+from benchmarking.work_counts import rank_work, row_layer_count  # noqa: E402
 from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, MaskGuidedKVSharing  # noqa: E402
 from ditctrl.attention.kernels import BACKENDS, available_backends, pinned_backend  # noqa: E402
 from ditctrl.checkpoints import read_transformer_state_dict, transformer_file  # noqa: E402
@@ -57,10 +60,8 @@ from ditctrl.config import CONFIG_DIR, load_config, resolve_device, tiny_config_
 from ditctrl.distributed import Ranks, distributed_run  # noqa: E402
 from ditctrl.dit import DiffusionTransformer  # noqa: E402
 from ditctrl.errors import guarded  # noqa: E402
-from ditctrl.flops import DiTSize, forward_flops, run_flops  # noqa: E402
 from ditctrl.generation import encode_prompt_sets, load_sampling_models, sample_clip, sample_long  # noqa: E402
-from ditctrl.kernel_profile import profile_device_time  # noqa: E402
-from ditctrl.multi_prompt import long_noise, rank_work, row_layer_count  # noqa: E402
+from ditctrl.multi_prompt import long_noise  # noqa: E402
 from ditctrl.output_files import write_text  # noqa: E402
 from ditctrl.pipeline import Pipeline, build_transformer, run_dtype  # noqa: E402
 from ditctrl.weights import weight_paths  # noqa: E402

@@ -7,13 +7,13 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 import benchmark
+from benchmarking import kernel_profile
+from benchmarking.flops import (DiTSize, attention_flops_per_layer, forward_flops, layer_flops, linear_flops_per_layer,
+                               run_flops)
+from benchmarking.work_counts import row_layer_count
 from ditctrl.attention import kernels
 from ditctrl.attention.kernels import set_backend
 from ditctrl.config import MODEL_CONFIG
-from ditctrl import kernel_profile
-from ditctrl.flops import (DiTSize, attention_flops_per_layer, forward_flops, layer_flops, linear_flops_per_layer,
-                           run_flops)
-from ditctrl.multi_prompt import row_layer_count
 from ditctrl.segment_layout import segment_layout
 from tiny_models import SMALL_DIT, small_dit
 

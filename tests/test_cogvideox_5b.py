@@ -9,10 +9,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import benchmark
 import sample_video
+from benchmarking.flops import DiTSize, forward_flops
 from ditctrl.attention.kernels import set_backend
 from ditctrl.config import CONFIG_DIR, INFERENCE_CONFIG, MODEL_CONFIG, load_config, tiny_config_for
 from ditctrl.denoiser import table_index
-from ditctrl.flops import DiTSize, forward_flops
 from ditctrl.pipeline import Pipeline
 from repo_paths import REPO
 from tiny_models import SMALL_DIT, small_dit

@@ -15,11 +15,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from benchmarking.work_counts import rank_work
 from ditctrl import generation
 from ditctrl.distributed import Ranks, deal
 from ditctrl.errors import guarded
 from ditctrl.output_files import OutputWriteError
-from ditctrl.multi_prompt import rank_work
 from ditctrl.pipeline import Pipeline
 from ditctrl.config import TINY_MODEL_CONFIG, load_config
 from ditctrl.runs import prepare_run, run_entry

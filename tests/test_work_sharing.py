@@ -2,10 +2,11 @@
 import pytest
 import torch
 
+from benchmarking.work_counts import row_layer_count
 from ditctrl.attention import AttentionController, ControlSchedule, KVSharing
 from ditctrl.attention.mask_guided import MaskGuidedKVSharing
 from ditctrl.guided_denoiser import GuidedDenoiser
-from ditctrl.multi_prompt import MultiPromptDenoiser, long_noise, row_layer_count, window_conditions
+from ditctrl.multi_prompt import MultiPromptDenoiser, long_noise, window_conditions
 from ditctrl.sampler import sample_dpmpp_2m_sde
 from ditctrl.schedule import sampling_schedule
 from ditctrl.segment_layout import segment_layout

@@ -7,7 +7,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Mapping
 
-from .dit import DiffusionTransformer
+from ditctrl.dit import DiffusionTransformer
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def forward_flops(size: DiTSize, latent_frames: int, batch: int = 1) -> int:
 
 
 def run_flops(size: DiTSize, latent_frames: int, row_layers: int) -> int:
-    """A run of `row_layers` row×layer evaluations (`multi_prompt.row_layer_count`) on windows of `latent_frames`.
+    """A run of `row_layers` row×layer evaluations (`work_counts.row_layer_count`) on windows of `latent_frames`.
 
     The layer-independent part is charged once per `num_layers` row-layers (0.01 % of the total at full size).
     """
