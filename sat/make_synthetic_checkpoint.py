@@ -23,7 +23,8 @@ from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.weights import weight_paths  # noqa: E402
 from ditctrl.runs import user_errors  # noqa: E402
 from ditctrl.synthetic_checkpoint import write_synthetic_checkpoints  # noqa: E402
-from ditctrl.synthetic_folders import PARTS, claim_part_folders, missing_parts  # noqa: E402
+from ditctrl.synthetic_claims import PARTS, claim_part_folders  # noqa: E402
+from ditctrl.synthetic_folders import missing_parts  # noqa: E402
 
 
 def main(argv=None):

@@ -27,7 +27,7 @@ from ditctrl.output_files import LOCK_NAME, PARTIAL_TAG
 from ditctrl.pipeline import Pipeline
 from ditctrl.weights import weight_paths
 from ditctrl.runs import run_entry
-from ditctrl.synthetic_folders import SYNTHETIC_MARK
+from ditctrl.synthetic_claims import SYNTHETIC_MARK
 from repo_paths import BASE, REPO, SAT
 
 import make_synthetic_checkpoint

@@ -6,7 +6,7 @@ Hugging Face T5 folder) or diffusers (one folder: ``model_index.json``, ``transf
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``). The tokenizer is a real SentencePiece model
 trained offline on ``assets/tokenizer_corpus.txt``.
 
-The writers only ever write into the folders ``synthetic_folders.py`` lets them claim. Every file goes through
+The writers only ever write into the folders ``synthetic_claims.py`` lets them claim. Every file goes through
 ``output_files.write_file`` (temporary name, then renamed), and each part's pointer file (``latest``,
 the T5 index, a diffusers folder's ``model_index.json``) is written after its weights, so an interrupted
 writer never leaves a part that looks whole.
@@ -29,7 +29,7 @@ from ditctrl.diffusers_layout import (MODEL_INDEX, TRANSFORMER_NAMES, VAE_NAMES,
 from ditctrl.dit import DiffusionTransformer
 from ditctrl.output_files import write_bytes, write_file, write_text
 from ditctrl.pipeline import allocate_empty, run_dtype
-from ditctrl.synthetic_folders import PARTS, claim_part_folders
+from ditctrl.synthetic_claims import PARTS, claim_part_folders
 from ditctrl.weights import weight_paths
 from ditctrl.text_encoder import T5_MAX_LENGTH
 from ditctrl.vae import CogVideoXVAE
