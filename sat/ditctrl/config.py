@@ -340,7 +340,7 @@ MODEL_VALUE_RULES = {
     "sampler_config.params.cfg_num_steps": _STEP_COUNT,
     "sampler_config.params.shift_scale": _POSITIVE_NUMBER,
     "sampler_config.params.cfg_scale": _NUMBER_AT_LEAST_0,
-    # the dynamic CFG raises the negative base (num_steps - t) / num_steps to this power
+    # the dynamic CFG raises the negative base (num_steps - t) / cfg_num_steps to this power
     "sampler_config.params.cfg_exp": _WHOLE_NUMBER,
 }
 TINY_T5_KEYS = ("d_model", "d_ff", "num_layers", "num_heads", "d_kv")
