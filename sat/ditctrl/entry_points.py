@@ -93,6 +93,32 @@ def check_run(entry: EntryPoint, cfg, prompts) -> None:
     if entry.prompt_count is not None and len(prompts) != entry.prompt_count:
         raise ValueError(f"{entry.script} needs {PROMPT_DESCRIPTIONS[entry.prompt_count]}, got {len(prompts)}")
     check_model_fit(cfg)
+    check_is_edit(entry, args, len(prompts))
+
+
+def check_is_edit(entry: EntryPoint, args, num_prompts: int) -> None:
+    """The original's `is_edit` (a key of its configs) set how its KV-sharing and mask-guided controllers counted
+    sampler steps: one per DiT forward (True), or one per S - 1 forwards (False; S = P + NB(P-1) + LM(P-2), its
+    window count). Every controller here is told the true sampler step, which is what the original did when that
+    count matched the forwards of a step: then the key has no effect (a note says so); otherwise it asks for a
+    step count this implementation does not reproduce and is refused."""
+    if "is_edit" not in args or not any(CONTROLLERS[name].steps_by_is_edit for name in args.adaln_mixin_names):
+        return
+    if entry.plan == "long":  # DiT forwards per sampler step: one per window pair
+        forwards = segment_layout(num_prompts, args.sampling_num_frames, args.overlap_size, args.num_transition_blocks,
+                                  args.longer_mid_segment).num_windows - 1
+    else:
+        forwards = 1
+    original_windows = (num_prompts + args.num_transition_blocks * (num_prompts - 1)
+                        + args.longer_mid_segment * (num_prompts - 2))
+    counted = {True: 1, False: original_windows - 1}  # forwards per step of the original's counter
+    if forwards and counted[args.is_edit] != forwards:
+        fitting = [value for value, count in counted.items() if count == forwards]
+        instead = f"set is_edit: {fitting[0]} or delete it" if fitting else "delete it"
+        every = "every DiT forward" if counted[args.is_edit] == 1 else f"every {counted[args.is_edit]} DiT forwards"
+        raise ValueError(f"args.is_edit = {args.is_edit} made the original's step counter advance after {every}, "
+                         f"but {entry.script} runs {forwards} per sampler step here, so its controlled steps would "
+                         f"not be the sampler's; this implementation always controls the true sampler steps: {instead}")
 
 
 def check_model_fit(cfg) -> None:

@@ -8,8 +8,8 @@ import sys
 from contextlib import ExitStack, contextmanager
 
 from .config import (announce_other_runs_files, announce_overwrites, check_attention_backend, check_dtype_on_device,
-                     expand_prompts, is_full_size, parse_run_cli, prepare_output_dir, resolve_device, validate_model,
-                     write_resolved_config)
+                     expand_prompts, is_full_size, original_keys_note, parse_run_cli, prepare_output_dir,
+                     resolve_device, validate_model, write_resolved_config)
 from .distributed import Ranks, distributed_run
 from .errors import USER_ERRORS
 from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
@@ -57,6 +57,8 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
                 ensure_synthetic_checkpoints(cfg)
     paths = check_weight_files(cfg)  # a diffusers folder's configs fix the model shape the checks below use
     check_run(entry, cfg, prompts)
+    for note in filter(None, [original_keys_note(cfg.args)]):
+        print(note)
     plan = plan_run(entry, cfg.args, prompts)
     # the first check that imports torch; the model's size, not --tiny, says whether the CPU may be chosen unasked
     device = resolve_device(cfg.args.device, full_size=is_full_size(cfg.model.network_config.params))
