@@ -166,7 +166,8 @@ def test_missing_real_weights_are_the_only_output_and_name_the_model_s_download(
     assert result.stdout.splitlines() == [command_line(model)]
     assert result.stderr.splitlines() == [
         f"error: missing checkpoint {REPO}/sat/{name}; see README.md, section 'Download the weights', or run with "
-        f"--tiny. In short: huggingface-cli download THUDM/{name} --local-dir sat/{name}"]
+        f"--tiny. In short: hf download THUDM/{name} --local-dir sat/{name} (huggingface_hub before 0.34: "
+        "huggingface-cli download with the same arguments)"]
 
 
 def test_an_error_found_after_sat_is_imported_is_the_only_line_on_stderr():
@@ -185,8 +186,8 @@ def test_weights_folder_of_neither_layout_is_the_only_output(tmp_path):
     assert result.returncode == 2
     assert result.stdout.splitlines() == [command_line("2b", f"args.load={tmp_path}")]
     assert result.stderr.splitlines() == [
-        f"error: {tmp_path} is neither a diffusers folder (model_index.json, e.g. from huggingface-cli download "
-        "THUDM/CogVideoX-2b) nor a SAT transformer folder (latest + <iteration>/)"]
+        f"error: {tmp_path} is neither a diffusers folder (model_index.json, e.g. from hf download "
+        "THUDM/CogVideoX-2b --local-dir sat/CogVideoX-2b) nor a SAT transformer folder (latest + <iteration>/)"]
 
 
 def stop_after_the_note(cfg):
