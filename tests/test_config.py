@@ -36,7 +36,7 @@ ADDED_DEFAULTS = {
     "prompts": None, "bf16": False, "device": "auto", "reweight_kv_switch_step": 2, "reweight_additive": False,
     "attention_backend": "auto",
     "share_unshared_work": True, "offload": False, "vae_chunked_decode": True, "compile_dit": False,
-    "attn_map_token_idx": [0, 1, 2, 3, 4, 5],
+    "attn_map_token_idx": [0, 1, 2, 3, 4, 5], "save_masks": True,
 }
 ONE_PROMPT = 'args.prompts=["a cat on a sofa"]'
 
@@ -398,7 +398,8 @@ def test_the_original_s_keys_are_read_here_or_have_no_effect():
     read = {key for key, record in original.items() if not record.no_effect}
     assert read <= set(schema) and not (set(original) - read) & set(schema)
     assert {key: original[key].default for key in REFERENCE_DEFAULTS} == REFERENCE_DEFAULTS
-    assert {"mode", "batch_size", "force_inference", "is_edit", "model_parallel_size", "deepspeed"} <= set(original) - read
+    without_effect = set(original) - read
+    assert {"mode", "batch_size", "force_inference", "is_edit", "model_parallel_size", "deepspeed"} <= without_effect
 
 
 def test_a_case_with_every_key_of_the_original_runs_with_one_note(tmp_path):

@@ -208,7 +208,7 @@ STEPS_NOT_50 = 5  # the original's guider keeps its own 50 steps: the scale diff
 
 @pytest.fixture(scope="module")
 def five_step_pipeline():
-    """The tiny model's pipeline with a 5-step sampler (guider count 50, as configured), and two prompts' T5 features."""
+    """The tiny model's pipeline with a 5-step sampler (guider count 50, as configured); two prompts' T5 features."""
     cfg = load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], overrides=[
         f"model.sampler_config.params.num_steps={STEPS_NOT_50}"], require_prompts=False)
     assert cfg.model.sampler_config.params.cfg_num_steps == 50

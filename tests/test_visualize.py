@@ -192,6 +192,6 @@ def test_bad_batch_or_token_rejected_before_any_map(tmp_path):
 
 
 def test_overview_rejects_a_video_without_rgb_channels(tmp_path):
-    record = visualize.TokenMaps(0, 0, 0, (0,), np.zeros((1, 2, 3)))
+    record = visualize.TokenMaps(0, 0, 0, ("token 0",), np.zeros((1, 2, 3)))
     with pytest.raises(ValueError, match="frames_rgb"):
         overview_figure([record], np.zeros((4, 8, 8)), str(tmp_path / "o.png"))

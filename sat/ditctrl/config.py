@@ -590,6 +590,12 @@ def announce_overwrites(paths: Iterable[str]) -> None:
 MAPS_FOLDER = "attn_map"  # masks and attention maps (mask-guided, visualisation): shared by the runs of a folder
 
 
+def mask_folder(args, output_dir: str) -> str:
+    """Where mask-guided saves its masks: `mask_save_dir` when set, else `<output_dir>/attn_map` (where the original
+    always put them)."""
+    return args.mask_save_dir or os.path.join(output_dir, MAPS_FOLDER)
+
+
 def announce_other_runs_files(output_dir: str, planned_files: Iterable[str]) -> None:
     """Print a note naming the entries of `output_dir` that earlier runs wrote and this one will not replace (e.g.
     another controller's video): params.yaml describes this run's files only."""

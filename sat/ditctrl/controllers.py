@@ -23,6 +23,14 @@ class ControllerSpec:
 
 SCHEDULE_KEYS = ("start_step", "end_step", "start_layer", "end_layer", "step_idx", "layer_idx")
 
+
+def scheduled(args) -> tuple[frozenset, frozenset]:
+    """The (steps, layers) the schedule keys name: explicit `step_idx` / `layer_idx` lists win over the half-open
+    start/end ranges."""
+    steps = args.step_idx if args.step_idx is not None else range(args.start_step, args.end_step)
+    layers = args.layer_idx if args.layer_idx is not None else range(args.start_layer, args.end_layer)
+    return frozenset(int(s) for s in steps), frozenset(int(l) for l in layers)
+
 CONTROLLERS = {
     "BaseAdaLNMixin": ControllerSpec("AttentionController", "pair", step_keys=(), layer_keys=()),
     "KVSharingAdaLNMixin": ControllerSpec("KVSharing", "pair", SCHEDULE_KEYS, steps_by_is_edit=True),
