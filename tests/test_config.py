@@ -17,7 +17,7 @@ from ditctrl.config import (
     resolve_device,
     write_resolved_config,
 )
-from ditctrl.entry_points import ENTRY_POINTS, check_run, plan_run
+from ditctrl.entry_points import ENTRY_POINTS, check_run, mask_files_note, plan_run
 from ditctrl.output_files import temporary_path
 from ditctrl.weights import weight_paths
 
@@ -463,3 +463,24 @@ def test_is_edit_is_refused_only_where_the_original_did_not_count_the_true_steps
         check_run(ENTRY_POINTS[script], cfg, expand_prompts(cfg.args))
     assert refused in str(error.value) and str(error.value).endswith(
         f"set is_edit: {'False' if script == 'sample_video' else 'True'} or delete it")
+
+
+@pytest.mark.parametrize("script, prompts, overrides, count", [
+    ("sample_video", 3, [], 2 * 23 * 5 * 6),  # rose: steps 2-24, layers 25-29, 7 windows: the 1,380 of the issue
+    ("sample_video", 3, ["model.sampler_config.params.num_steps=4"], 2 * 2 * 5 * 6),  # steps 2, 3 of 4
+    ("sample_video", 2, ["args.step_idx=[3]", "args.layer_idx=[0,29]"], 2 * 1 * 2 * 3),
+    ("sample_video_edit", 2, [], 2 * 23 * 5 * 1),  # one pair
+    ("sample_video", 3, ["args.save_masks=False"], 0),
+    ("sample_video", 1, [], 0),  # one window: no pair, no mask
+])
+def test_the_mask_count_announced_is_source_and_target_per_controlled_step_layer_and_pair(script, prompts, overrides,
+                                                                                        count):
+    cfg = load_config([config.MODEL_CONFIG], None, [f"args.prompts={['a cat on a sofa'] * prompts}",
+                                                    "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]", *overrides])
+    entry, prompts = ENTRY_POINTS[script], expand_prompts(cfg.args)
+    note = mask_files_note(cfg, plan_run(entry, cfg.args, prompts))
+    if count == 0:
+        assert note is None
+        return
+    assert note.startswith(f"note: KVSharingMaskGuidedAdaLNMixin writes {count} mask PNGs (") and note.endswith(
+        f") to {cfg.args.output_dir}/attn_map; args.save_masks=False writes none")

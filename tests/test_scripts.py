@@ -353,3 +353,15 @@ def test_a_direct_python_run_gets_the_short_openmp_spin_wait_and_no_deepspeed_wa
                             capture_output=True, timeout=120, env={**environment, "OMP_DISPLAY_ENV": "VERBOSE"})
     assert result.returncode == 0 and result.stdout.startswith("usage: ") and "WARNING" not in result.stdout
     assert "GOMP_SPINCOUNT = '1000'" in result.stderr
+
+
+def test_the_plan_carries_each_prompt_s_pieces_for_the_figure_labels(tmp_path):
+    """prepare_run hands the generation each prompt's T5 pieces by index: SentencePiece's pieces, then </s>."""
+    import sentencepiece
+    with OutputRun():
+        cfg, plan, _ = prepare_run("sample_video_edit", [*BASE, "--custom-config", EDIT_CASE, "--tiny",
+                                                         f"args.output_dir={tmp_path}"])
+    spm = sentencepiece.SentencePieceProcessor(model_file=os.path.join(weight_paths(cfg)["tokenizer"], "spiece.model"))
+    context = cfg.model.conditioner_config.params.max_length
+    assert plan.prompt_pieces == tuple(
+        tuple([spm.id_to_piece(i) for i in spm.encode(prompt)][:context - 1] + ["</s>"]) for prompt in cfg.args.prompts)

@@ -89,8 +89,7 @@ class AttentionVisualizer(AttentionController):
         super().__init__(ControlSchedule(frozenset(steps), frozenset(layers)))
         self.last_layer = max(layers)
         self.tokens = tuple(tokens)
-        self.labels = tuple(f'token {token} "{pieces[token]}"' if token < len(pieces) else f"token {token}"
-                            for token in self.tokens)
+        self.labels = tuple(f'token {token} "{pieces[token]}"' if pieces else f"token {token}" for token in self.tokens)
         self.output_dir = output_dir
         self.dpi = dpi  # None: the original's dpi per figure
         self.figures_written: list[str] = []  # every PNG and .npy, in order
