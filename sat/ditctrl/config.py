@@ -144,7 +144,7 @@ ORIGINAL_KEYS = {
             attn_map_layer_idx=[4, 14, 24, 29], mask_save_dir="", overlap_size=9, num_transition_blocks=2,
             longer_mid_segment=0, ref_token_idx=[0], cur_token_idx=[0], prompts=None, single_prompt_length=0,
             reweight_token_idx=0, reweight_scale=-5, device=-1),
-    "mode": OriginalKey("inference", "these scripts always sample (SAT's inference mode)", ("inference",),
+    "mode": OriginalKey("inference", "these scripts always sample, in SAT's inference mode", ("inference",),
                         "SAT's training modes are not implemented: these scripts only sample"),
     **_keys("each script fixes its own batch (a window pair, or all prompts of a clip), as the original's did",
             batch_size=1),
@@ -275,7 +275,8 @@ def _split_source(config, source: str) -> tuple[DictConfig, dict]:
         raise ConfigError(f"{source} must be a mapping with the sections {', '.join(SECTIONS)}")
     for name in config:
         if name not in SECTIONS:
-            hint = f"; did you mean 'args.{name}'?" if name in argument_schema() else _suggestion(name, SECTIONS)
+            is_arg = name in argument_schema() or name in ORIGINAL_KEYS
+            hint = f"; did you mean 'args.{name}'?" if is_arg else _suggestion(name, SECTIONS)
             raise ConfigError(f"unknown section '{name}' in {source}{hint} (allowed: {', '.join(SECTIONS)})")
     return _section(config, "model", source), _checked_args(_section(config, "args", source), source)
 

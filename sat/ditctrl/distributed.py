@@ -128,7 +128,8 @@ def distributed_run():
     """The `Ranks` of this process, in the process group its environment describes (one process without).
 
     A process torchrun started joins its group even alone (`--nproc_per_node=1`: the group and SAT's state
-    are set up, nothing is exchanged). Ranks other than 0 print nothing on stdout. The group and SAT's parallel state are torn down on exit.
+    are set up, nothing is exchanged). Ranks other than 0 print nothing on stdout. The group and SAT's parallel
+    state are torn down on exit.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # not started by torchrun
