@@ -32,7 +32,7 @@ EDIT_CASE = "inference_case_configs/edit/bus_truck.yaml"
 ORIGINAL_FORMAT = os.path.join(REPO, "tests", "original_format_cases")
 TINY_NOTE = ("note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, not the picture "
              "(real videos need the real CogVideoX-2b weights, see README.md)")
-PROGRESS_BAR = re.compile(r".*: +\d+%\|.*\| \d+/\d+ \[.*\]")
+PROGRESS_BAR = re.compile(r".*: +\d+%\|.*\| \d+/\d+ \[.*(?:step/s|s/step)\]")  # the sampler's bar (unit: step)
 
 
 pytestmark = pytest.mark.usefixtures("in_repo")

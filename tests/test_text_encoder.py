@@ -1,8 +1,10 @@
 """T5 wrapper and the synthetic T5 folder, checked against raw SentencePiece and the generated weights."""
 import json
+import logging
 import os
 import re
 import shutil
+import sys
 
 import pytest
 import sentencepiece
@@ -13,7 +15,7 @@ from transformers import T5Config, T5EncoderModel
 from ditctrl.checkpoints import MissingCheckpointError, check_t5_folder
 from ditctrl.config import MODEL_CONFIG
 from ditctrl.synthetic_checkpoint import T5Dims, random_t5_tensors, train_sentencepiece, write_t5_folder
-from ditctrl.text_encoder import T5TextEncoder
+from ditctrl.text_encoder import T5TextEncoder, T5Tokens
 
 DIMS = T5Dims(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8)
 SEED = 3
@@ -79,6 +81,20 @@ def test_long_prompt_is_truncated_to_225_pieces_and_eos(encoder, spm):
     assert len(spm.encode(prompt)) > 226
 
     assert encoder.tokenize(prompt)[0].tolist() == reference_ids(spm, prompt)
+
+
+def test_a_prompt_past_the_tokenizer_s_length_is_announced_once_without_transformers_warning(t5_folder, spm, capsys,
+                                                                                              monkeypatch):
+    """The cut is announced by our note alone: transformers' "Token indices sequence length is longer than the
+    specified maximum sequence length ... will result in indexing errors" would alarm while the cut is on purpose."""
+    for handler in logging.getLogger("transformers").handlers:  # made at its import, on the stderr of that time
+        monkeypatch.setattr(handler, "stream", sys.stderr)
+    prompt = " ".join(["a slow dolly shot of a fox in the snow"] * 40)
+    count = len(spm.encode(prompt)) + 1
+    assert T5Tokens(t5_folder).announce_cut_prompts([prompt]) == [(0, count)]
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"note: prompt 0 has {count} T5 tokens (with </s>) but the text context holds 226; its "
+                                f"last {count - 226} tokens are cut: \"{prompt[:40]}...\""] and err == ""
 
 
 def test_sentinel_tokens_sit_above_the_pieces_in_reverse_order_like_t5(encoder):
