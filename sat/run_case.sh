@@ -48,11 +48,22 @@ run_case() {
     else
         export WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1
     fi
-    # Short OpenMP spin-waits: CPU runs stay fast when other processes share the cores (measured on 2 cores:
-    # a tiny forward takes 4.1 s with libgomp's default spinning next to a second job, 0.1 s with this).
-    export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-1000}"
     local cmd=("${launcher[@]}" "sat/$script" --base "configs/cogvideox_${model}.yaml" configs/inference.yaml
                --custom-config "$case_file" ${tiny:+"$tiny"} "${overrides[@]}" "${rest[@]}")
-    echo "${cmd[*]}"
+    shell_quoted "${cmd[@]}"
     "${cmd[@]}"
+}
+
+# Print the words as one command line a shell reads back as the same words: a word with anything but letters,
+# digits and _ . / = : , + @ % - is put in single quotes (a quote inside as '\'').
+shell_quoted() {
+    local word line=()
+    for word in "$@"; do
+        if [[ -n "$word" && "$word" =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then
+            line+=("$word")
+        else
+            line+=("'${word//\'/\'\\\'\'}'")
+        fi
+    done
+    echo "${line[*]}"
 }

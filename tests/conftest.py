@@ -1,9 +1,4 @@
-import os
 import sys
-
-# Short OpenMP spin-waits (as the run scripts set), before torch loads libgomp: the tests' subprocesses and
-# spawned ranks share the cores, and libgomp's default spinning slows a contended CPU forward many times over.
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import pytest
 
@@ -12,7 +7,7 @@ from repo_paths import REPO, SAT
 if SAT not in sys.path:
     sys.path.insert(0, SAT)
 
-import ditctrl  # noqa: E402 - SAT's log level (ditctrl/__init__.py) before SAT is imported
+import ditctrl  # noqa: E402 - its environment (OpenMP spin-waits, SAT's log level) before torch and SAT load
 import sat.helpers  # noqa: E402,F401 - SAT's logger keeps the stream it was made with: the session's stderr, not a
 # test's captured one, which closes with the test (a later SAT log line would then fail in an unrelated test)
 

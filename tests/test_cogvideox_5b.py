@@ -13,6 +13,7 @@ from benchmarking.flops import DiTSize, forward_flops
 from ditctrl.attention.kernels import set_backend
 from ditctrl.config import CONFIG_DIR, INFERENCE_CONFIG, MODEL_CONFIG, load_config, tiny_config_for
 from ditctrl.denoiser import table_index
+from ditctrl.entry_points import layer_range_note
 from ditctrl.pipeline import Pipeline
 from repo_paths import REPO
 from tiny_models import SMALL_DIT, small_dit
@@ -43,6 +44,30 @@ def test_denoiser_snaps_each_step_to_its_own_timestep(model):
     schedule = pipeline.schedule
     assert [abs(int(table_index(alpha, table)) - t) <= 1 for alpha, t in zip(schedule.alphas, schedule.timesteps)] \
         == [True] * schedule.num_steps
+
+
+@pytest.mark.parametrize("model, layers, note", [
+    (MODEL_5B, ["args.start_layer=0", "args.end_layer=30"],  # the original's reweight cases
+     "note: args.start_layer 0, args.end_layer 30 control layers 0-29 of CogVideoX-5b's 42, as written (the "
+     "original's cases count CogVideoX-2B's 30); the same part of this model's depth is args.start_layer=0 "
+     "args.end_layer=42"),
+    (MODEL_5B, ["args.start_layer=25", "args.end_layer=30"],  # the original's inference.yaml
+     "note: args.start_layer 25, args.end_layer 30 control layers 25-29 of CogVideoX-5b's 42, as written (the "
+     "original's cases count CogVideoX-2B's 30); the same part of this model's depth is args.start_layer=35 "
+     "args.end_layer=42"),
+    (MODEL_5B, ["args.layer_idx=[10,20]"],
+     "note: args.layer_idx [10, 20] control layers 10, 20 of CogVideoX-5b's 42, as written (the original's cases "
+     "count CogVideoX-2B's 30); the same part of this model's depth is args.layer_idx=[14, 28]"),
+    (MODEL_5B, [], None),  # 5B's own default, layers 35-41
+    (MODEL_5B, ["args.start_layer=20", "args.end_layer=42"], None),  # reaches past 2B's depth: written for 5B
+    (MODEL_5B, ["args.start_layer=0", "args.end_layer=30", "args.adaln_mixin_names=[BaseAdaLNMixin]"], None),
+    (MODEL_CONFIG, ["args.start_layer=0", "args.end_layer=30"], None),
+])
+def test_a_layer_range_written_for_2b_is_announced_on_another_depth(model, layers, note):
+    """Kept as written (not scaled): the note names the layers controlled of the model's depth and the keys that
+    control the same part of it."""
+    cfg = load_config([model, INFERENCE_CONFIG], overrides=layers, require_prompts=False)
+    assert layer_range_note(cfg) == note
 
 
 def test_tiny_follows_the_model():

@@ -17,12 +17,12 @@ from ditctrl.config import (
     resolve_device,
     write_resolved_config,
 )
-from ditctrl.entry_points import ENTRY_POINTS, plan_run
+from ditctrl.entry_points import ENTRY_POINTS, check_run, mask_files_note, plan_run
 from ditctrl.output_files import temporary_path
 from ditctrl.weights import weight_paths
 
-# The original inference.yaml's `args` (docs/configuration.md, "Args keys"), key for key, less the retired keys.
-RETIRED = {"mode": "inference", "batch_size": 1, "force_inference": True, "is_edit": False}
+# The original inference.yaml's `args` (docs/configuration.md, "Args keys"), key for key, less the keys that have no
+# effect here (config.ORIGINAL_KEYS).
 REFERENCE_DEFAULTS = {
     "latent_channels": 16, "load": "CogVideoX-2b-sat/transformer",
     "sampling_num_frames": 13, "sampling_fps": 16, "fp16": True,
@@ -37,7 +37,7 @@ ADDED_DEFAULTS = {
     "prompts": None, "bf16": False, "device": "auto", "reweight_kv_switch_step": 2, "reweight_additive": False,
     "attention_backend": "auto",
     "share_unshared_work": True, "offload": False, "vae_chunked_decode": True, "compile_dit": False,
-    "attn_map_token_idx": [0, 1, 2, 3, 4, 5],
+    "attn_map_token_idx": [0, 1, 2, 3, 4, 5], "save_masks": True,
 }
 ONE_PROMPT = 'args.prompts=["a cat on a sofa"]'
 
@@ -392,8 +392,96 @@ def test_case_and_command_line_may_only_change_existing_model_keys(tmp_path):
     assert merged.model.sampler_config.params.num_steps == 3
 
 
-@pytest.mark.parametrize("key, value", RETIRED.items())
-def test_retired_keys_of_the_original_say_what_to_do(tmp_path, key, value):
+def test_the_original_s_keys_are_read_here_or_have_no_effect():
+    """The record of the original's keys: those read here are the schema's, with the original's defaults (the
+    reference inference.yaml's values); the others are not in the schema and each says why it has no effect."""
+    schema, original = config.argument_schema(), config.ORIGINAL_KEYS
+    read = {key for key, record in original.items() if not record.no_effect}
+    assert read <= set(schema) and not (set(original) - read) & set(schema)
+    assert {key: original[key].default for key in REFERENCE_DEFAULTS} == REFERENCE_DEFAULTS
+    without_effect = set(original) - read
+    assert {"mode", "batch_size", "force_inference", "is_edit", "model_parallel_size", "deepspeed"} <= without_effect
+
+
+def test_a_case_with_every_key_of_the_original_runs_with_one_note(tmp_path):
+    """The original's whole key set with its defaults, as one case file, loads and passes every check of a
+    multi-prompt run; one note names each key without effect once, with why."""
+    keys = {key: record.default for key, record in config.ORIGINAL_KEYS.items()}
+    case = write_yaml(tmp_path, "original.yaml", {"args": {**keys, "prompts": ["a cat on a sofa", "a dog on a sofa"],
+                                                          "output_dir": str(tmp_path / "out")}})
+    cfg = load_config([config.MODEL_CONFIG, config.TINY_MODEL_CONFIG], case)
+    assert cfg.args.device == "auto"  # the original's -1
+    entry = ENTRY_POINTS["sample_video"]
+    check_run(entry, cfg, expand_prompts(cfg.args))
+    assert plan_run(entry, cfg.args, expand_prompts(cfg.args)).files == ["MultiPrompt_frames97.mp4"]
+    note = config.original_keys_note(cfg.args)
+    assert note.startswith("note: keys of the original DiTCtrl without effect here: ") and "\n" not in note
+    without_effect = [key for key, record in config.ORIGINAL_KEYS.items() if record.no_effect]
+    named = re.findall(r"(?:^|[:;(] ?|, )(\w+)(?=,| \()", note.split(": ", 1)[1])
+    assert sorted(named) == sorted(without_effect)
+    for key in ("mode", "is_edit", "deepspeed", "lr"):
+        assert config.ORIGINAL_KEYS[key].no_effect in note
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("mode", "finetune", "args.mode = 'finetune' in {case}: SAT's training modes are not implemented: these scripts "
+                         "only sample; set mode: inference, or delete the key"),
+    ("is_edit", "yes", "args.is_edit = 'yes' in {case}: the original's is_edit is a bool; set is_edit: True or "
+                       "is_edit: False, or delete the key"),
+])
+def test_an_original_key_asking_for_what_is_not_here_is_refused(tmp_path, key, value, message):
     case = write_yaml(tmp_path, "copied.yaml", {"args": {key: value}})
-    message = error_of(load_config, [config.MODEL_CONFIG], case, [ONE_PROMPT])
-    assert message.startswith(f"args.{key} in {case} is no longer used (") and "delete it" in message
+    assert error_of(load_config, [config.MODEL_CONFIG], case, [ONE_PROMPT]) == message.format(case=case)
+
+
+@pytest.mark.parametrize("value, device", [(-1, "auto"), (0, "cuda:0"), ("cpu", "cpu")])
+def test_device_takes_the_original_s_integers(value, device):
+    assert load_config([], overrides=[ONE_PROMPT, f"args.device={value}"]).args.device == device
+
+
+@pytest.mark.parametrize("script, prompts, overrides, refused", [
+    ("sample_video", 3, ["args.is_edit=True"], "advance after every DiT forward, but sample_video.py runs 6 per "
+                                               "sampler step here"),
+    ("sample_video", 3, ["args.is_edit=False"], None),
+    ("sample_video", 2, ["args.is_edit=True", "args.num_transition_blocks=0"], None),  # one pair: one forward a step
+    ("sample_video", 2, ["args.is_edit=True", "args.adaln_mixin_names=[BaseAdaLNMixin]"], None),
+    ("sample_video_edit", 2, ["args.is_edit=True"], None),
+    ("sample_video_edit", 2, ["args.is_edit=False"], "advance after every 3 DiT forwards, but sample_video_edit.py "
+                                                     "runs 1 per sampler step here"),
+    ("sample_video_edit", 2, ["args.is_edit=False", "args.num_transition_blocks=0"], None),
+    ("sample_video_edit", 2, ["args.is_edit=False", "args.adaln_mixin_names=[ReWeightAdaLNMixin]"], None),
+    ("sample_video_visualize", 1, ["args.is_edit=False", "args.adaln_mixin_names=[VisualizeAdaLNMixin]"], None),
+])
+def test_is_edit_is_refused_only_where_the_original_did_not_count_the_true_steps(script, prompts, overrides, refused):
+    """The original counted a KV-sharing step per forward (is_edit: True) or per sweep of its S - 1 window pairs
+    (False); the key is accepted where that count is the sampler step, as every controller here is told."""
+    cfg = load_config([config.MODEL_CONFIG, config.TINY_MODEL_CONFIG], None,
+                      [f"args.prompts={['a cat on a sofa'] * prompts}", *overrides])
+    if refused is None:
+        check_run(ENTRY_POINTS[script], cfg, expand_prompts(cfg.args))
+        return
+    with pytest.raises(ValueError) as error:
+        check_run(ENTRY_POINTS[script], cfg, expand_prompts(cfg.args))
+    assert refused in str(error.value) and str(error.value).endswith(
+        f"set is_edit: {'False' if script == 'sample_video' else 'True'} or delete it")
+
+
+@pytest.mark.parametrize("script, prompts, overrides, count", [
+    ("sample_video", 3, [], 2 * 23 * 5 * 6),  # rose: steps 2-24, layers 25-29, 7 windows: the 1,380 of the issue
+    ("sample_video", 3, ["model.sampler_config.params.num_steps=4"], 2 * 2 * 5 * 6),  # steps 2, 3 of 4
+    ("sample_video", 2, ["args.step_idx=[3]", "args.layer_idx=[0,29]"], 2 * 1 * 2 * 3),
+    ("sample_video_edit", 2, [], 2 * 23 * 5 * 1),  # one pair
+    ("sample_video", 3, ["args.save_masks=False"], 0),
+    ("sample_video", 1, [], 0),  # one window: no pair, no mask
+])
+def test_the_mask_count_announced_is_source_and_target_per_controlled_step_layer_and_pair(script, prompts, overrides,
+                                                                                        count):
+    cfg = load_config([config.MODEL_CONFIG], None, [f"args.prompts={['a cat on a sofa'] * prompts}",
+                                                    "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]", *overrides])
+    entry, prompts = ENTRY_POINTS[script], expand_prompts(cfg.args)
+    note = mask_files_note(cfg, plan_run(entry, cfg.args, prompts))
+    if count == 0:
+        assert note is None
+        return
+    assert note.startswith(f"note: KVSharingMaskGuidedAdaLNMixin writes {count} mask PNGs (") and note.endswith(
+        f") to {cfg.args.output_dir}/attn_map; args.save_masks=False writes none")

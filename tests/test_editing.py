@@ -14,7 +14,7 @@ SHARING = ControlSchedule(frozenset({1, 2}), frozenset({2, 3}))
 def edit(model, controller, cond, seed=0):
     """Source (row 0) and target (row 1) from one shared initial noise and shared SDE noise."""
     model.set_controller(controller)
-    guided = GuidedDenoiser(model, cfg_steps=4)
+    guided = GuidedDenoiser(model, sampler_steps=4, cfg_steps=4)
     noise = torch.randn(1, 3, 16, 4, 6, generator=torch.Generator().manual_seed(seed)).expand(2, -1, -1, -1, -1)
     torch.manual_seed(seed)
     with torch.no_grad():

@@ -27,8 +27,8 @@ def guided_x0(dtype, make_controller):
     x, _, context = pair_batch(6)
     schedule = sampling_schedule(4)
     with torch.no_grad():
-        return GuidedDenoiser(model, cfg_steps=4)(x[:2].float(), 1, schedule.alphas[1], schedule.timesteps[1],
-                                                  context[2:], context[:2])
+        guided = GuidedDenoiser(model, sampler_steps=4, cfg_steps=4)
+        return guided(x[:2].float(), 1, schedule.alphas[1], schedule.timesteps[1], context[2:], context[:2])
 
 
 @pytest.mark.parametrize("name", CONTROLLERS)

@@ -248,11 +248,13 @@ def test_no_tensor_the_size_of_an_attention_map_and_five_calls_per_controlled_la
 
 def test_from_args_and_input_errors(tmp_path):
     args = SimpleNamespace(start_step=2, end_step=25, start_layer=25, end_layer=30, step_idx=None, layer_idx=[3, 7],
-                           thres=0.3, ref_token_idx=4, cur_token_idx=[1, 2], mask_save_dir="")
+                           thres=0.3, ref_token_idx=4, cur_token_idx=[1, 2], mask_save_dir="", save_masks=True)
     controller = MaskGuidedKVSharing.from_args(args, str(tmp_path))
     assert controller.mask_dir == str(tmp_path / "attn_map")
     args.mask_save_dir = str(tmp_path / "masks")
     assert MaskGuidedKVSharing.from_args(args, str(tmp_path)).mask_dir == str(tmp_path / "masks")
+    assert MaskGuidedKVSharing.from_args(SimpleNamespace(**{**vars(args), "save_masks": False}), str(tmp_path)).mask_dir \
+        is None
     assert controller.source_map.tokens == (4,) and controller.target_map.tokens == (1, 2)
     assert controller.last_recorded_layer == 7 and controller.schedule.steps == frozenset(range(2, 25))
     assert MaskGuidedKVSharing.from_args(args, None).mask_dir is None

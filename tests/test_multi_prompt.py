@@ -38,7 +38,7 @@ def test_one_prompt_equals_single_prompt_sampler():
     model = small_dit()
     model.set_controller(KVSharing(ControlSchedule(frozenset(range(6)), frozenset(range(4)))))  # nothing to share
     schedule = sampling_schedule(6)
-    guided = GuidedDenoiser(model, cfg_steps=6)
+    guided = GuidedDenoiser(model, sampler_steps=6, cfg_steps=6)
     layout = segment_layout(1, 3, 1, 2)
     embeds = torch.randn(1, 7, 24)
     x = long_noise(layout, channels=16, height=4, width=6, seed=1)
@@ -79,8 +79,8 @@ def test_explicit_step_and_pair_equal_original_counters():
     model.set_controller(recorder)
     layout = segment_layout(3, 3, 1, 1)  # 5 windows, 4 pairs
     embeds = torch.randn(3, 7, 24)
-    multi = MultiPromptDenoiser(GuidedDenoiser(model, cfg_steps=4), layout, window_conditions(layout, embeds),
-                                torch.zeros(layout.num_windows, 7, 24), share_work=False)
+    multi = MultiPromptDenoiser(GuidedDenoiser(model, sampler_steps=4, cfg_steps=4), layout,
+                                window_conditions(layout, embeds), torch.zeros(layout.num_windows, 7, 24), share_work=False)
     x = long_noise(layout, channels=16, height=4, width=6, seed=2)
     with torch.no_grad():
         sample_dpmpp_2m_sde(multi, x, sampling_schedule(4), seeded_noise(1))
@@ -97,7 +97,8 @@ def test_kv_sharing_changes_only_controlled_result():
 
     def generate(controller):
         model.set_controller(controller)
-        multi = MultiPromptDenoiser(GuidedDenoiser(model, cfg_steps=4), layout, cond, torch.zeros_like(cond))
+        guided = GuidedDenoiser(model, sampler_steps=4, cfg_steps=4)
+        multi = MultiPromptDenoiser(guided, layout, cond, torch.zeros_like(cond))
         with torch.no_grad():
             return sample_dpmpp_2m_sde(multi, x.clone(), sampling_schedule(4), seeded_noise(4))
 

@@ -4,9 +4,14 @@ import math
 
 import pytest
 import torch
-from test_schedule import diffusers_dpm_scheduler
+from test_schedule import diffusers_dpm_scheduler, original_dynamic_cfg
 
-from ditctrl.denoiser import guide, v_to_x0
+from ditctrl.attention import AttentionController, ControlSchedule, KVSharing
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
+from ditctrl.denoiser import guide, quantize_alpha, v_to_x0
+from ditctrl.generation import encode_prompt_sets, sample_clip, sample_long
+from ditctrl.multi_prompt import long_noise
+from ditctrl.pipeline import Pipeline
 from ditctrl.sampler import (
     dpmpp_2m_sde_multipliers,
     dpmpp_2m_sde_step,
@@ -14,7 +19,9 @@ from ditctrl.sampler import (
     sample_dpmpp_2m_sde,
     shared_row_noise,
 )
-from ditctrl.schedule import SamplingSchedule, sampling_schedule
+from ditctrl.schedule import SamplingSchedule, denoiser_table, sampling_schedule
+from ditctrl.segment_layout import segment_layout
+from ditctrl.synthetic_folders import ensure_synthetic_checkpoints
 
 SHAPE = (2, 3, 4, 5, 6)  # (B, T, C, H, W), small
 
@@ -194,3 +201,73 @@ def test_guide_interpolates_and_extrapolates():
     assert torch.equal(guide(uncond, cond, 0.0), uncond)
     torch.testing.assert_close(guide(uncond, cond, 1.0), cond)
     torch.testing.assert_close(guide(uncond, cond, 6.0), uncond + 6 * (cond - uncond))
+
+
+STEPS_NOT_50 = 5  # the original's guider keeps its own 50 steps: the scale differs from a 50-step run's
+
+
+@pytest.fixture(scope="module")
+def five_step_pipeline():
+    """The tiny model's pipeline with a 5-step sampler (guider count 50, as configured); two prompts' T5 features."""
+    cfg = load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], overrides=[
+        f"model.sampler_config.params.num_steps={STEPS_NOT_50}"], require_prompts=False)
+    assert cfg.model.sampler_config.params.cfg_num_steps == 50
+    ensure_synthetic_checkpoints(cfg)
+    pipeline = Pipeline(cfg, "cpu")
+    with torch.no_grad():
+        embeds, = encode_prompt_sets(pipeline, [["a red car on a street", "a blue car on a street"]])
+    pipeline.load_dit()
+    return pipeline, embeds
+
+
+def independent_clip(pipeline, cond, noise, cfg_scale):
+    """The clip sampler written out: the DiT on [x; x] with [zeros; cond], x0 snapped to the denoiser table, guided by
+    `cfg_scale(t)`, one SDE noise per step shared by the rows."""
+    schedule, table, dit = pipeline.schedule, denoiser_table(pipeline.sampler_params["shift_scale"]), pipeline.dit
+    context = torch.cat([torch.zeros_like(cond), cond])
+    x, x0_prev = noise.expand(len(cond), *noise.shape[1:]).contiguous(), None
+    for i, (t, a) in enumerate(zip(schedule.timesteps, schedule.alphas)):
+        x2 = torch.cat([x, x])
+        v = dit(x2, torch.full((len(x2),), t), context, step=i)
+        x0_uncond, x0_cond = v_to_x0(x2, v, quantize_alpha(a, table).item()).chunk(2)
+        x0 = x0_uncond + cfg_scale(t) * (x0_cond - x0_uncond)
+        if i == schedule.num_steps - 1:
+            return x0
+        noise_i = torch.randn_like(x[0]).expand_as(x)
+        x = dpmpp_2m_sde_step(x, x0, x0_prev, schedule.alphas[i - 1] if i else None, a, schedule.alphas[i + 1], noise_i)
+        x0_prev = x0
+
+
+def test_a_5_step_clip_equals_the_dit_guided_by_the_original_s_formula(five_step_pipeline):
+    """sample_clip (edits, reweight, visualisation, isolated clips) at 5 steps equals the loop written out with the
+    original's two-count scale (5 - t) / 50, and not with one count (50 - t) / 50."""
+    pipeline, embeds = five_step_pipeline
+    noise = randn(1, 3, 16, 4, 6, seed=70)
+    results = {}
+    for name, scale in (("ours", None), ("original", lambda t: original_dynamic_cfg(t, STEPS_NOT_50, 50)),
+                        ("one count", lambda t: original_dynamic_cfg(t, 50, 50))):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            results[name] = (sample_clip(pipeline, embeds, AttentionController(), noise) if scale is None
+                             else independent_clip(pipeline, embeds, noise, scale))
+    torch.testing.assert_close(results["ours"], results["original"], rtol=0, atol=1e-6)
+    assert (results["ours"] - results["one count"]).norm() > 0.1 * results["ours"].norm()
+
+
+def test_a_5_step_long_video_guides_with_the_original_s_formula(five_step_pipeline, monkeypatch):
+    """sample_long at 5 steps equals the same run whose guider computes the transcribed two-count scale."""
+    pipeline, embeds = five_step_pipeline
+    layout = segment_layout(2, 3, 1, 1)  # 3 windows, 2 pairs
+    noise = long_noise(layout, 16, 4, 6, seed=71)
+    controller = KVSharing(ControlSchedule(frozenset({1, 2}), frozenset(range(20, 30))))
+
+    def long_video():
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return sample_long(pipeline, layout, embeds, controller, noise)
+
+    ours = long_video()
+    for counts, equal in (((STEPS_NOT_50, 50), True), ((50, 50), False)):
+        monkeypatch.setattr("ditctrl.guided_denoiser.dynamic_cfg_scale",
+                            lambda t, counts=counts, **_: original_dynamic_cfg(t, *counts))
+        assert torch.equal(long_video(), ours) == equal

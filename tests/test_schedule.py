@@ -120,9 +120,33 @@ def test_table_index_keeps_shape_and_takes_first_index_on_ties():
     assert table_index(torch.tensor([[2.6, 1.5]]), table).tolist() == [[3, 1]]
 
 
+def original_dynamic_cfg(t: float, sampler_steps: int, cfg_steps: int, scale: float = 6.0, exp: float = 5.0) -> float:
+    """The original's guidance scale, transcribed: its sampler passes `step_index = num_steps - timestep` (its own
+    step count, the DDPM timestep value) and its `DynamicCFG(num_steps=cfg_steps)` divides by the guider's count."""
+    step_index = sampler_steps - t
+    return 1 + scale * (1 - math.cos(math.pi * (step_index / cfg_steps) ** exp)) / 2
+
+
 def test_dynamic_cfg_scales_match_the_spec_list():
-    scales = [dynamic_cfg_scale(t) for t in sampling_schedule().timesteps]
+    scales = [dynamic_cfg_scale(t, scale=6.0, exp=5.0, sampler_steps=50, cfg_steps=50)
+              for t in sampling_schedule().timesteps]
     assert scales == pytest.approx(SPEC_CFG_SCALES, abs=5e-4)
+
+
+@pytest.mark.parametrize("sampler_steps", [5, 20, 50, 100])
+@pytest.mark.parametrize("guider_steps", ["50", "the sampler's"])
+def test_dynamic_cfg_scale_is_the_original_s_two_count_formula(sampler_steps, guider_steps):
+    cfg_steps = 50 if guider_steps == "50" else sampler_steps
+    for t in sampling_schedule(sampler_steps).timesteps:
+        assert dynamic_cfg_scale(t, scale=6.0, exp=5.0, sampler_steps=sampler_steps, cfg_steps=cfg_steps) == \
+            original_dynamic_cfg(t, sampler_steps, cfg_steps)
+
+
+def test_dynamic_cfg_scale_depends_on_the_sampler_s_step_count():
+    """At t = 999 the original's 5-step sampler guides with 6.827, its 50-step sampler with 2.291."""
+    first = dict(t=999.0, scale=6.0, exp=5.0, cfg_steps=50)
+    assert dynamic_cfg_scale(sampler_steps=5, **first) == pytest.approx(6.827, abs=5e-4)
+    assert dynamic_cfg_scale(sampler_steps=50, **first) == pytest.approx(2.291, abs=5e-4)
 
 
 def test_invalid_arguments_raise_value_error():
@@ -135,4 +159,4 @@ def test_invalid_arguments_raise_value_error():
     with pytest.raises(ValueError, match="alphas"):
         SamplingSchedule(timesteps=(999.0, 499.0), alphas=(0.0, 1.0))
     with pytest.raises(ValueError, match="exp"):
-        dynamic_cfg_scale(999.0, exp=5.5)
+        dynamic_cfg_scale(999.0, scale=6.0, exp=5.5, sampler_steps=50, cfg_steps=50)

@@ -1,9 +1,12 @@
 """The entry points end to end on the tiny random-weight model (few sampler steps to keep CI fast).
 
-Three cases go through the run_*.sh scripts as a user would call them; the rest call the same
-entry functions in-process, which saves the interpreter start-up of every run.
+The rose case and one case of each kind in the original's exact case-file format go through the run_*.sh
+scripts as a user would call them; the rest call the same entry functions in-process, which saves the
+interpreter start-up of every run.
 """
 import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -24,6 +27,12 @@ from repo_paths import BASE, REPO
 FAST = ["model.sampler_config.params.num_steps=4"]
 ROSE = "inference_case_configs/multi_prompts/rose.yaml"
 EDIT_CASE = "inference_case_configs/edit/bus_truck.yaml"
+# Cases in the exact format of the original DiTCtrl's inference_case_configs (its keys, values and layout), with
+# prompts of our own: its (6, 1) multi-prompt, mask-guided, single-prompt, reweight, visualisation and edit cases.
+ORIGINAL_FORMAT = os.path.join(REPO, "tests", "original_format_cases")
+TINY_NOTE = ("note: --tiny samples a tiny random-weight CogVideoX: the video checks the pipeline, not the picture "
+             "(real videos need the real CogVideoX-2b weights, see README.md)")
+PROGRESS_BAR = re.compile(r".*: +\d+%\|.*\| \d+/\d+ \[.*(?:step/s|s/step)\]")  # the sampler's bar (unit: step)
 
 
 pytestmark = pytest.mark.usefixtures("in_repo")
@@ -84,49 +93,6 @@ def test_multi_prompt_with_isolated_baseline(out):
     assert len(params["args"]["prompts"]) == 3 and params["model"]["sampler_config"]["params"]["num_steps"] == 4
 
 
-def test_single_prompt_long_video(out):
-    target = out / "single"
-    multi_prompt("inference_case_configs/single_prompt/jellyfish.yaml", f"args.output_dir={target}", *FAST)
-    assert frames_of(target / "MultiPrompt_frames241.mp4").shape == (241, 32, 48, 3)  # 5 prompts, 13 windows
-
-
-def test_mask_guided_case_writes_masks(out):
-    target = out / "masks"
-    multi_prompt("inference_case_configs/multi_prompts/horse_beach_snow.yaml", f"args.output_dir={target}", *FAST)
-    assert frames_of(target / "MultiPrompt_frames97.mp4").shape[0] == 97
-    masks = sorted(os.listdir(target / "attn_map" / "segment0"))
-    # controlled steps 2, 3 (of 4) x layers 25..29 x source/target
-    assert len(masks) == 20 and "mask_s_step2_layer25_all_frames.png" in masks
-    assert sorted(os.listdir(target / "attn_map")) == ["segment0", "segment1", "segment2"]
-    assert iio.imread(target / "attn_map" / "segment1" / "mask_t_step3_layer29_all_frames.png").shape == (2, 39, 3)
-
-
-def test_word_swap_edit(out):
-    target = out / "edit"
-    run_script("run_edit_video.sh", "--tiny", f"args.output_dir={target}", *FAST)
-    assert frames_of(target / "editing_frames49.mp4").shape == (49, 32, 96, 3)
-    for role in ("source", "target"):
-        assert frames_of(target / f"editing_{role}_frames49.mp4").shape == (49, 32, 48, 3)
-
-
-def test_reweight_edit(out):
-    target = out / "reweight"
-    edit("inference_case_configs/reweight/balloon_red_0.yaml", f"args.output_dir={target}", *FAST)
-    assert frames_of(target / "editing_frames49.mp4").shape == (49, 32, 96, 3)
-
-
-def test_visualize(out):
-    target = out / "visualize"
-    run_script("run_visualize.sh", "--tiny", f"args.output_dir={target}", "args.attn_map_step_idx=[2]",
-               "args.attn_map_layer_idx=[3,29]", *FAST)
-    assert frames_of(target / "visualization_frames49.mp4").shape == (49, 32, 48, 3)
-    maps = sorted(os.listdir(target / "attn_map"))
-    assert maps == ["overview.png", "step2_layer29", "step2_layer3"]
-    names = sorted(os.listdir(target / "attn_map" / "step2_layer3"))
-    assert "token_attention_vertical_step_2_layer_3_selected_frame_10_first_6_tokens.png" in names
-    assert {"text_attn_map.npy", "spatial_attn_map_frame6.npy", "temporal_attn_map_pos_1_1.npy"} <= set(names)
-
-
 @pytest.mark.parametrize("args, message", [
     (["args.overlap-size=3"], "did you mean 'overlap_size'"),
     (["args.overlap_size=13"], "overlap_size (13) must be >= 0 and smaller than the tile sampling_num_frames (13)"),
@@ -166,7 +132,8 @@ def test_missing_real_weights_are_the_only_output_and_name_the_model_s_download(
     assert result.stdout.splitlines() == [command_line(model)]
     assert result.stderr.splitlines() == [
         f"error: missing checkpoint {REPO}/sat/{name}; see README.md, section 'Download the weights', or run with "
-        f"--tiny. In short: huggingface-cli download THUDM/{name} --local-dir sat/{name}"]
+        f"--tiny. In short: hf download THUDM/{name} --local-dir sat/{name} (huggingface_hub before 0.34: "
+        "huggingface-cli download with the same arguments)"]
 
 
 def test_an_error_found_after_sat_is_imported_is_the_only_line_on_stderr():
@@ -185,8 +152,8 @@ def test_weights_folder_of_neither_layout_is_the_only_output(tmp_path):
     assert result.returncode == 2
     assert result.stdout.splitlines() == [command_line("2b", f"args.load={tmp_path}")]
     assert result.stderr.splitlines() == [
-        f"error: {tmp_path} is neither a diffusers folder (model_index.json, e.g. from huggingface-cli download "
-        "THUDM/CogVideoX-2b) nor a SAT transformer folder (latest + <iteration>/)"]
+        f"error: {tmp_path} is neither a diffusers folder (model_index.json, e.g. from hf download "
+        "THUDM/CogVideoX-2b --local-dir sat/CogVideoX-2b) nor a SAT transformer folder (latest + <iteration>/)"]
 
 
 def stop_after_the_note(cfg):
@@ -302,3 +269,99 @@ def test_earlier_runs_files_left_in_the_folder_are_named(tmp_path, capsys):
         "(editing_KVSharingAdaLNMixin_frames49.mp4, isolated, notes.txt); its params.yaml will describe this run's "
         "files only",
         f"overwriting existing {target / 'params.yaml'}"]
+
+
+def seen_lines(result) -> tuple[list, list]:
+    """(stdout lines, stderr lines) of a finished run as a terminal shows them, less the progress bar's redraws."""
+    err = [part for part in re.split(r"[\r\n]", result.stderr) if part.strip() and not PROGRESS_BAR.fullmatch(part)]
+    return result.stdout.splitlines(), err
+
+
+EDIT_VIDEOS = {"editing_frames49.mp4": (49, 32, 96), "editing_source_frames49.mp4": (49, 32, 48),
+               "editing_target_frames49.mp4": (49, 32, 48)}
+VISUALISED = ["overview.png", *sorted(f"step2_layer{layer}" for layer in (4, 14, 24, 29))]
+ORIGINAL_FORMAT_RUNS = {
+    # case file: (run script, extra overrides, videos with their (frames, height, width), notes after the tiny note,
+    #             other folders: their entries, or how many)
+    "multi_prompts/kite_overlap_6_1.yaml": ("run_multi_prompt.sh", [], {"MultiPrompt_frames161.mp4": (161, 32, 48)},
+                                           [], {}),
+    "multi_prompts/grey_cat_mask_guided.yaml": (  # 3 steps: step 2 controlled, layers 25-29, 4 windows
+        "run_multi_prompt.sh", [], {"MultiPrompt_frames97.mp4": (97, 32, 48)},
+        ["note: KVSharingMaskGuidedAdaLNMixin writes 30 mask PNGs (controlled steps 1 x layers 5 x window pairs 3 x "
+         "source and target) to {out}/attn_map; args.save_masks=False writes none"],
+        {"attn_map": ["segment0", "segment1", "segment2"], "attn_map/segment0": 10, "attn_map/segment1": 10,
+         "attn_map/segment2": 10}),
+    "single_prompt/lantern_x5.yaml": ("run_single_prompt.sh", [], {"MultiPrompt_frames241.mp4": (241, 32, 48)}, [],
+                                      {}),
+    "reweight/teapot_0.yaml": ("run_reweight_video.sh", [], EDIT_VIDEOS, [], {}),
+    "edit/owl_hawk.yaml": (
+        "run_edit_video.sh", [], EDIT_VIDEOS,
+        ["note: keys of the original DiTCtrl without effect here: is_edit (every controller is told the true sampler "
+         "step: what is_edit: True gave the original's edit script and is_edit: False its multi-prompt script)"], {}),
+    "visualization_configs/owl_branch.yaml": (  # the original's maps at step 25 need 26 steps: here step 2 of 3
+        "run_visualize.sh", ["args.attn_map_step_idx=[2]"], {"visualization_frames49.mp4": (49, 32, 48)},
+        [f"saved attention maps of step 2, layer {layer} (mean of layers 0-{layer}) to "
+         f"{{out}}/attn_map/step2_layer{layer}" for layer in (4, 14, 24, 29)],
+        {"attn_map": VISUALISED, "attn_map/step2_layer4": [
+            "spatial_attn_map_frame6.npy", "spatial_attn_map_frame6.png", "temporal_attn_map_pos_1_1.npy",
+            "temporal_attn_map_pos_1_1.png", "text_attn_map.npy", "text_attn_map.png",
+            "token_attention_vertical_step_2_layer_4_selected_frame_10_first_6_tokens.png"]}),
+}
+ENTRY_OF_SCRIPT = {"run_multi_prompt.sh": "sample_video.py", "run_single_prompt.sh": "sample_video.py",
+                   "run_edit_video.sh": "sample_video_edit.py", "run_reweight_video.sh": "sample_video_edit.py",
+                   "run_visualize.sh": "sample_video_visualize.py"}
+
+
+@pytest.mark.parametrize("case", ORIGINAL_FORMAT_RUNS)
+def test_a_case_in_the_original_s_format_runs_and_shows_one_clean_line_per_event(tmp_path, case):
+    """Through the run script with --tiny: the case's videos and files, and exactly these lines: the command, the
+    notes, one `wrote` per file; no library warning or loading bar (stderr holds the progress bar alone)."""
+    ensure_synthetic_checkpoints(load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], require_prompts=False))
+    script, extra, videos, notes, folders = ORIGINAL_FORMAT_RUNS[case]
+    out = tmp_path / "out"
+    overrides = [f"args.output_dir={out}", "model.sampler_config.params.num_steps=3", *extra]
+    case_file = os.path.join(ORIGINAL_FORMAT, case)
+    result = run_script(script, case_file, "--tiny", *overrides)
+    command = ["python", f"sat/{ENTRY_OF_SCRIPT[script]}", *BASE, "--custom-config", case_file, "--tiny", *overrides]
+    wrote = [f"wrote {out / name}" for name in videos] + [f"wrote {out}/attn_map/{name}" for name in
+                                                          folders.get("attn_map", []) if name.endswith(".png")]
+    seen = seen_lines(result)
+    assert seen == ([shlex.join(command), TINY_NOTE, *(note.format(out=out) for note in notes), *wrote], []), seen
+    for name, shape in videos.items():
+        assert frames_of(out / name).shape == (*shape, 3)
+    for folder, entries in folders.items():
+        listing = sorted(os.listdir(out / folder))
+        assert (len(listing) if isinstance(entries, int) else listing) == entries
+
+
+def test_the_echoed_command_reads_back_as_the_arguments_given(tmp_path):
+    prompts = ["it's a \"red\" car; $HOME", "a blue car  with  spaces", "🌹"]
+    result = run_script("run_edit_video.sh", "--tiny", f"args.output_dir={tmp_path}", "args.seed=0",
+                        "--prompts", *prompts, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: args.seed must be > 0")
+    assert shlex.split(result.stdout.splitlines()[0]) == [
+        "python", "sat/sample_video_edit.py", *BASE, "--custom-config", os.path.join(REPO, EDIT_CASE), "--tiny",
+        f"args.output_dir={tmp_path}", "args.seed=0", "--prompts", *prompts]
+
+
+def test_a_direct_python_run_gets_the_short_openmp_spin_wait_and_no_deepspeed_warning():
+    """`python sat/...` without a run script, here make_synthetic_checkpoint.py --help (it imports torch and SAT, hence
+    DeepSpeed): libgomp, which reads GOMP_SPINCOUNT when torch loads it, got 1000; DeepSpeed's guess that it runs on
+    the CPU is not printed."""
+    environment = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+    result = subprocess.run([sys.executable, "sat/make_synthetic_checkpoint.py", "--help"], cwd=REPO, text=True,
+                            capture_output=True, timeout=120, env={**environment, "OMP_DISPLAY_ENV": "VERBOSE"})
+    assert result.returncode == 0 and result.stdout.startswith("usage: ") and "WARNING" not in result.stdout
+    assert "GOMP_SPINCOUNT = '1000'" in result.stderr
+
+
+def test_the_plan_carries_each_prompt_s_pieces_for_the_figure_labels(tmp_path):
+    """prepare_run hands the generation each prompt's T5 pieces by index: SentencePiece's pieces, then </s>."""
+    import sentencepiece
+    with OutputRun():
+        cfg, plan, _ = prepare_run("sample_video_edit", [*BASE, "--custom-config", EDIT_CASE, "--tiny",
+                                                         f"args.output_dir={tmp_path}"])
+    spm = sentencepiece.SentencePieceProcessor(model_file=os.path.join(weight_paths(cfg)["tokenizer"], "spiece.model"))
+    context = cfg.model.conditioner_config.params.max_length
+    assert plan.prompt_pieces == tuple(
+        tuple([spm.id_to_piece(i) for i in spm.encode(prompt)][:context - 1] + ["</s>"]) for prompt in cfg.args.prompts)

@@ -1,8 +1,10 @@
 """T5 wrapper and the synthetic T5 folder, checked against raw SentencePiece and the generated weights."""
 import json
+import logging
 import os
 import re
 import shutil
+import sys
 
 import pytest
 import sentencepiece
@@ -11,8 +13,9 @@ from safetensors import safe_open
 from transformers import T5Config, T5EncoderModel
 
 from ditctrl.checkpoints import MissingCheckpointError, check_t5_folder
+from ditctrl.config import MODEL_CONFIG
 from ditctrl.synthetic_checkpoint import T5Dims, random_t5_tensors, train_sentencepiece, write_t5_folder
-from ditctrl.text_encoder import T5TextEncoder
+from ditctrl.text_encoder import T5TextEncoder, T5Tokens
 
 DIMS = T5Dims(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8)
 SEED = 3
@@ -78,6 +81,20 @@ def test_long_prompt_is_truncated_to_225_pieces_and_eos(encoder, spm):
     assert len(spm.encode(prompt)) > 226
 
     assert encoder.tokenize(prompt)[0].tolist() == reference_ids(spm, prompt)
+
+
+def test_a_prompt_past_the_tokenizer_s_length_is_announced_once_without_transformers_warning(t5_folder, spm, capsys,
+                                                                                              monkeypatch):
+    """The cut is announced by our note alone: transformers' "Token indices sequence length is longer than the
+    specified maximum sequence length ... will result in indexing errors" would alarm while the cut is on purpose."""
+    for handler in logging.getLogger("transformers").handlers:  # made at its import, on the stderr of that time
+        monkeypatch.setattr(handler, "stream", sys.stderr)
+    prompt = " ".join(["a slow dolly shot of a fox in the snow"] * 40)
+    count = len(spm.encode(prompt)) + 1
+    assert T5Tokens(t5_folder).announce_cut_prompts([prompt]) == [(0, count)]
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"note: prompt 0 has {count} T5 tokens (with </s>) but the text context holds 226; its "
+                                f"last {count - 226} tokens are cut: \"{prompt[:40]}...\""] and err == ""
 
 
 def test_sentinel_tokens_sit_above_the_pieces_in_reverse_order_like_t5(encoder):
@@ -188,3 +205,72 @@ def test_check_t5_folder_accepts_a_complete_folder_and_names_a_missing_one(t5_fo
     check_t5_folder(t5_folder)
     with pytest.raises(MissingCheckpointError, match=re.escape(str(tmp_path / "absent"))):
         check_t5_folder(tmp_path / "absent")
+
+
+SHOWN = "a red cat on a sofa"
+
+
+def shown_tokens(capsys, *argv) -> list[str]:
+    """What show_tokens prints for SHOWN (in-process); a user error is its one stderr line."""
+    import show_tokens
+    try:
+        show_tokens.main(["--prompt", SHOWN, *argv])
+    except SystemExit as stop:
+        assert stop.code == 2
+        return capsys.readouterr().err.splitlines()
+    return capsys.readouterr().out.splitlines()
+
+
+def expected_listing(spm) -> list[str]:
+    pieces = [spm.id_to_piece(i) for i in spm.encode(SHOWN)] + ["</s>"]
+    return [f"prompt 0: {SHOWN}", *(f"  {index:4d}  {piece}" for index, piece in enumerate(pieces))]
+
+
+def tokenizer_download(t5_folder, root):
+    """What `hf download THUDM/CogVideoX-2b --include "tokenizer/*"` leaves: tokenizer/ alone, no model_index.json."""
+    (root / "tokenizer").mkdir(parents=True)
+    for name in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
+        shutil.copy(t5_folder / name, root / "tokenizer" / name)
+    return root
+
+
+def base_with(tmp_path, **args) -> str:
+    path = tmp_path / "model.yaml"
+    path.write_text(json.dumps({"args": args, "model": {"conditioner_config": {"params": {
+        "model_dir": str(tmp_path / "no_sat_t5")}}}}))
+    return str(path)
+
+
+def test_show_tokens_reads_a_tokenizer_only_download_by_default_and_by_path(t5_folder, spm, tmp_path, capsys):
+    root = tokenizer_download(t5_folder, tmp_path / "CogVideoX-2b")
+    expected = expected_listing(spm)
+    assert shown_tokens(capsys, "--base", MODEL_CONFIG, base_with(tmp_path, load=str(root))) == expected
+    assert shown_tokens(capsys, "--tokenizer", str(root)) == expected
+    assert shown_tokens(capsys, "--tokenizer", str(root / "tokenizer")) == expected
+
+
+def test_show_tokens_reads_the_sat_layout_s_spiece_model(t5_folder, spm, tmp_path, capsys):
+    sat_t5 = tmp_path / "t5-v1_1-xxl"
+    sat_t5.mkdir()
+    shutil.copy(t5_folder / "spiece.model", sat_t5 / "spiece.model")
+    expected = expected_listing(spm)
+    assert shown_tokens(capsys, "--tokenizer", str(sat_t5 / "spiece.model")) == expected
+    sat_base = tmp_path / "sat.yaml"
+    sat_base.write_text(json.dumps({"args": {"load": str(tmp_path / "transformer")},
+                                    "model": {"conditioner_config": {"params": {"model_dir": str(sat_t5)}}}}))
+    assert shown_tokens(capsys, "--base", MODEL_CONFIG, str(sat_base)) == expected
+
+
+def test_show_tokens_without_a_tokenizer_is_one_line_naming_the_download(tmp_path, capsys):
+    assert shown_tokens(capsys, "--tokenizer", str(tmp_path)) == [
+        f"error: no T5 tokenizer (spiece.model) at {tmp_path}; download it alone: "
+        'hf download THUDM/CogVideoX-2b --include "tokenizer/*" --local-dir sat/CogVideoX-2b (huggingface_hub before '
+        "0.34: huggingface-cli download with the same arguments)"]
+
+
+def test_show_tokens_help_describes_it_in_a_whole_sentence(capsys):
+    import show_tokens
+    with pytest.raises(SystemExit):
+        show_tokens.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Print the T5 tokens of prompts with their indices, to choose a case's token indices. options:" in text

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ditctrl.attention import AttentionController
+from ditctrl.attention import AttentionController, build_controller
 from ditctrl.attention import visualize
 from ditctrl.attention.kernels import attention
 from ditctrl.attention.visualize import AttentionVisualizer
@@ -192,6 +192,20 @@ def test_bad_batch_or_token_rejected_before_any_map(tmp_path):
 
 
 def test_overview_rejects_a_video_without_rgb_channels(tmp_path):
-    record = visualize.TokenMaps(0, 0, 0, (0,), np.zeros((1, 2, 3)))
+    record = visualize.TokenMaps(0, 0, 0, ("token 0",), np.zeros((1, 2, 3)))
     with pytest.raises(ValueError, match="frames_rgb"):
         overview_figure([record], np.zeros((4, 8, 8)), str(tmp_path / "o.png"))
+
+
+def test_token_maps_are_labelled_with_the_prompt_s_pieces(tmp_path):
+    """The run hands the controllers each prompt's T5 pieces: the token panels and the overview are titled with the
+    pieces at attn_map_token_idx (by number alone where the pieces are not known)."""
+    args = SimpleNamespace(attn_map_step_idx=[0], attn_map_layer_idx=[1], attn_map_token_idx=[0, 2])
+    assert build_controller("VisualizeAdaLNMixin", args, str(tmp_path)).labels == ("token 0", "token 2")
+    controller = build_controller("VisualizeAdaLNMixin", args, str(tmp_path), [("▁An", "▁owl", "▁on", "</s>")])
+    controller.dpi = DPI
+    controller.begin_forward(step=0, token_grid=(2, 2, 3))
+    for layer in range(2):
+        controller(*random_qkv(layer, TEXT + 12), layer, TEXT)
+    controller.end_step()
+    assert [record.labels for record in controller.records] == [('token 0 "▁An"', 'token 2 "▁on"')]

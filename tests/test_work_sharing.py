@@ -49,8 +49,8 @@ def sample(model, controller, layout, **sharing):
     model.set_controller(controller)
     embeds = torch.randn(3, 7, 24, generator=torch.Generator().manual_seed(7))
     cond = window_conditions(layout, embeds[:len(layout.base_windows)])
-    denoiser = MultiPromptDenoiser(GuidedDenoiser(model, cfg_steps=NUM_STEPS), layout, cond, torch.zeros_like(cond),
-                                   **sharing)
+    denoiser = MultiPromptDenoiser(GuidedDenoiser(model, sampler_steps=NUM_STEPS, cfg_steps=NUM_STEPS), layout, cond,
+                                   torch.zeros_like(cond), **sharing)
     x = long_noise(layout, channels=16, height=4, width=6, seed=3)
     with torch.no_grad():
         return sample_dpmpp_2m_sde(denoiser, x, sampling_schedule(NUM_STEPS), seeded_noise(5))
@@ -153,7 +153,7 @@ def test_bad_max_batch_windows_rejected(bad):
 def test_mask_guided_is_refused_in_layer_ranges(model):
     """Its maps run across all layers of a forward, so splitting the forward would reset them: refused."""
     model.set_controller(MaskGuidedKVSharing(KV_SCHEDULE, thres=0.3, ref_tokens=[1], cur_tokens=[3]))
-    guided = GuidedDenoiser(model, cfg_steps=NUM_STEPS)
+    guided = GuidedDenoiser(model, sampler_steps=NUM_STEPS, cfg_steps=NUM_STEPS)
     x, cond = torch.zeros(2, 3, 16, 4, 6), torch.zeros(2, 7, 24)
     with pytest.raises(ValueError, match="MaskGuidedKVSharing keeps state across layers"):
         guided.begin(x, 1, 959.0, cond, cond, 2)

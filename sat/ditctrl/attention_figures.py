@@ -18,11 +18,12 @@ OVERVIEW_DPI = 100
 
 @dataclass(frozen=True)
 class TokenMaps:
-    """Video→text maps of `tokens` at latent `frame`, at one (step, layer): (len(tokens), rows, cols) in [0, 1]."""
+    """Video→text maps of tokens at latent `frame`, at one (step, layer): (len(labels), rows, cols) in [0, 1];
+    `labels` name the tokens (e.g. 'token 1 "▁puppy"')."""
     step: int
     layer: int
     frame: int
-    tokens: tuple
+    labels: tuple
     maps: np.ndarray
 
 
@@ -32,14 +33,16 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
     return fig
 
 
-def token_panels_figure(maps: np.ndarray, path: str, dpi: float | None = None) -> str:
-    """One magma panel per token map (n, rows, cols), stacked vertically, without axes; dpi None: the original's 150."""
+def token_panels_figure(maps: np.ndarray, labels, path: str, dpi: float | None = None) -> str:
+    """One magma panel per token map (n, rows, cols), stacked vertically, without axes, each titled with its label;
+    dpi None: the original's 150."""
     count = len(maps)
     fig = _new_figure(2, 1.2 * count)  # 2 × 7.2 in for the original's 6 tokens
     axes = fig.subplots(count, 1, squeeze=False)[:, 0]
     fig.subplots_adjust(hspace=0.01)
-    for ax, token_map in zip(axes, maps):
+    for ax, token_map, label in zip(axes, maps, labels):
         ax.imshow((255 * token_map).astype(np.uint8), cmap="magma")  # astype truncates, as the original
+        ax.set_title(label, fontsize=7)
         ax.axis("off")
     fig.tight_layout(pad=0.1, h_pad=0.1)
     return write_file(path, lambda temporary: fig.savefig(temporary, dpi=dpi or TOKEN_PANEL_DPI, bbox_inches="tight",
@@ -78,16 +81,16 @@ def overview_figure(records: list, frames_rgb, path: str, dpi: float | None = No
         frames_rgb = np.asarray(frames_rgb)
         if frames_rgb.ndim != 4 or frames_rgb.shape[-1] != 3:
             raise ValueError(f"frames_rgb must be a (T, H, W, 3) video, got shape {frames_rgb.shape}")
-    columns = max(len(record.tokens) for record in records)
+    columns = max(len(record.labels) for record in records)
     fig = _new_figure(2 * columns, 1.6 * len(records))
     axes = fig.subplots(len(records), columns, squeeze=False)
     for row, record in zip(axes, records):
         background = None
         if frames_rgb is not None:
             background = frames_rgb[video_frame_of_latent(record.frame, len(frames_rgb))]
-        for ax, token, token_map in zip(row, record.tokens, record.maps):
+        for ax, label, token_map in zip(row, record.labels, record.maps):
             _draw_token_map(ax, token_map, background)
-            ax.set_title(f"step {record.step}, layer {record.layer}, token {token}", fontsize=7)
+            ax.set_title(f"step {record.step}, layer {record.layer}, {label}", fontsize=7)
         for ax in row:
             ax.axis("off")
     fig.tight_layout(pad=0.2)

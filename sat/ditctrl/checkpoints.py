@@ -49,11 +49,21 @@ T5_INDEX_NAME = T5_SINGLE_WEIGHTS_NAME + ".index.json"
 README_HINT = "see README.md, section 'Download the weights', or run with --tiny"
 
 
+OLD_HUB_CLI = "huggingface_hub before 0.34: huggingface-cli download with the same arguments"
+
+
+def download_command(model_name: str, *include: str) -> str:
+    """The command that downloads `model_name` (the config's `model.name`) from Hugging Face into sat/, only the
+    `include` patterns when given."""
+    patterns = "".join(f' --include "{pattern}"' for pattern in include)
+    return f"hf download THUDM/{model_name}{patterns} --local-dir sat/{model_name}"
+
+
 def download_hint(model_name=None) -> str:
     """Where to get the weights; with `model_name` (the config's `model.name`, e.g. CogVideoX-5b) the download command."""
     if model_name is None:
         return README_HINT
-    return f"{README_HINT}. In short: huggingface-cli download THUDM/{model_name} --local-dir sat/{model_name}"
+    return f"{README_HINT}. In short: {download_command(model_name)} ({OLD_HUB_CLI})"
 
 
 class MissingCheckpointError(FileNotFoundError):

@@ -92,6 +92,10 @@ INT_LIST = _list_of(INT, "a list of ints")
 STR_LIST = _list_of(STR, "a list of strings")
 # A bare int stands for a one-element list.
 TOKEN_LIST = ArgType("an int or a list of ints", lambda value: INT_LIST.normalise([value] if _is_int(value) else value))
+# The original's device is an int: -1 picks the device, k is GPU k.
+DEVICE = ArgType("auto, cpu, cuda, cuda:<index> or an int (the original's: -1 for auto, k for cuda:k)",
+                 lambda value: value if isinstance(value, str) else
+                 ("auto" if INT.normalise(value) == -1 else f"cuda:{value}"))
 INT_OR_INT_LIST = ArgType(
     "an int or a list of ints", lambda value: value if _is_int(value) else INT_LIST.normalise(value)
 )
@@ -108,13 +112,68 @@ _DECLARED_TYPES = {
     "reweight_token_idx": INT_OR_INT_LIST,
     "reweight_scale": FLOAT,  # the default -5 reads as an int; cases use 0.5
     "prompts": _optional(STR_LIST),  # null until a case file or --prompts gives them
+    "device": DEVICE,
 }
-# Keys of the original's inference.yaml that no longer do anything here: what each did and what to do instead.
-RETIRED_KEYS = {
-    "mode": "every script runs inference",
-    "force_inference": "the transformer checkpoint is always loaded without T5/VAE weights",
-    "batch_size": "each script fixes its own batch (a window pair, or all prompts of a clip)",
-    "is_edit": "controllers always get the true sampler iteration",
+
+
+@dataclass(frozen=True)
+class OriginalKey:
+    """One key of the original DiTCtrl's argument namespace, which its config files' `args:` may set."""
+
+    default: Any          # the original's value: its inference.yaml's where that sets one, else its argparse default
+    no_effect: str = ""   # why the key has no effect here; "" for a key this implementation reads (the args schema)
+    allowed: tuple = ()   # the only values accepted ((): any); why another is refused: `refused`
+    refused: str = ""
+
+
+def _keys(no_effect: str = "", **defaults) -> dict:
+    return {key: OriginalKey(default, no_effect) for key, default in defaults.items()}
+
+
+_SAMPLING_ONLY = "SAT's training, evaluation and data options: these scripts only sample"
+# Every key the original's `args:` sections may set: its inference.yaml's, its arguments.py's own, and the SAT 0.4.12
+# (training, evaluation, data) and DeepSpeed arguments its arguments.py adds (the original copies a YAML key into
+# the namespace when argparse declares it). A config copied from the original runs here unchanged: a key without
+# effect is accepted with one note naming it and why (`original_keys_note`); only a value that asks for behaviour
+# this implementation does not have is refused (`allowed`; is_edit's by the entry point, entry_points.check_is_edit).
+ORIGINAL_KEYS = {
+    **_keys(latent_channels=16, load="CogVideoX-2b-sat/transformer", sampling_num_frames=13, sampling_fps=16,
+            fp16=True, bf16=False, is_run_isolated=False, seed=42, output_dir="outputs/multi_prompt_case",
+            adaln_mixin_names=["KVSharingAdaLNMixin"], start_step=2, end_step=25, start_layer=25, end_layer=30,
+            layer_idx=None, step_idx=None, thres=0.3, attn_map_step_idx=[4, 14, 24, 34, 44, 49],
+            attn_map_layer_idx=[4, 14, 24, 29], mask_save_dir="", overlap_size=9, num_transition_blocks=2,
+            longer_mid_segment=0, ref_token_idx=[0], cur_token_idx=[0], prompts=None, single_prompt_length=0,
+            reweight_token_idx=0, reweight_scale=-5, device=-1),
+    "mode": OriginalKey("inference", "these scripts always sample, in SAT's inference mode", ("inference",),
+                        "SAT's training modes are not implemented: these scripts only sample"),
+    **_keys("each script fixes its own batch (a window pair, or all prompts of a clip), as the original's did",
+            batch_size=1),
+    **_keys("the transformer checkpoint is always read without T5 and VAE weights", force_inference=True),
+    "is_edit": OriginalKey(False, "every controller is told the true sampler step: what is_edit: True gave the "
+                                  "original's edit script and is_edit: False its multi-prompt script", (True, False),
+                           "the original's is_edit is a bool"),
+    **_keys("command-line options (--base, --custom-config), not config keys", base=None, custom_config=""),
+    **_keys("the original's sampling scripts set it to 1 (every GPU holds the whole model); several GPUs: --gpus N",
+            model_parallel_size=1),
+    **_keys("the ranks come from the launcher's environment (--gpus N or torchrun): NCCL on GPUs, gloo on the CPU",
+            local_rank=None, distributed_backend="nccl"),
+    **_keys("inputs of CogVideoX's own sampling script, which the original's DiTCtrl scripts did not read either",
+            force_pretrain=False, debug=False, log_image=True, input_dir=None, input_type="cli",
+            input_file="input.txt", final_size=2048, sdedit=False, grid_num_rows=1, lcm_steps=None,
+            only_save_latents=False, only_log_video_latents=False, image2video=False),
+    **_keys(_SAMPLING_ONLY, experiment_name="MyModel", train_iters=None, lr=1.0e-4, zero_stage=0,
+            checkpoint_activations=False, checkpoint_num_layers=1, checkpoint_skip_layers=0,
+            gradient_accumulation_steps=1, profiling=-1, epochs=None, log_interval=50, summary_dir="",
+            save_args=False, lr_decay_iters=None, lr_decay_style="linear", lr_decay_ratio=0.1, warmup=0.01,
+            weight_decay=0.01, save=None, force_train=False, save_interval=5000, no_save_rng=False,
+            no_load_rng=False, resume_dataloader=False, exit_interval=None, wandb=False,
+            wandb_project_name="default_project"),
+    **_keys(_SAMPLING_ONLY, eval_batch_size=None, eval_iters=100, eval_interval=None, strict_eval=False),
+    **_keys(_SAMPLING_ONLY, train_data=None, train_data_weights=None, iterable_dataset=False, iterable_dataset_eval="",
+            batch_from_same_dataset=False, valid_data=None, test_data=None, split="1000,1,1", num_workers=1,
+            block_size=10000, prefetch_factor=4),
+    **_keys("DeepSpeed's options: these scripts run without DeepSpeed", deepspeed=False, deepspeed_config=None,
+            deepscale=False, deepscale_config=None),
 }
 _SCALAR_TYPES = {bool: BOOL, int: INT, float: FLOAT, str: STR}
 _LIST_TYPES = {int: INT_LIST, str: STR_LIST}
@@ -175,9 +234,9 @@ def _checked_args(section: DictConfig, source: str) -> dict:
     schema = argument_schema()
     checked = {}
     for key, value in values.items():
-        if key in RETIRED_KEYS:
-            raise ConfigError(f"args.{key} in {source} is no longer used ({RETIRED_KEYS[key]}): delete it "
-                              f"(configs copied from the original DiTCtrl run without it)")
+        if key in ORIGINAL_KEYS and ORIGINAL_KEYS[key].no_effect:
+            checked[key] = _checked_original_value(key, value, source)
+            continue
         if key not in schema:
             raise ConfigError(f"unknown key '{key}' in {source} (args){_suggestion(str(key), schema)}")
         try:
@@ -189,13 +248,35 @@ def _checked_args(section: DictConfig, source: str) -> dict:
     return checked
 
 
+def _checked_original_value(key: str, value, source: str):
+    """A value of an original key without effect here: any, unless it asks for behaviour this code does not have."""
+    original = ORIGINAL_KEYS[key]
+    if original.allowed and not any(type(value) is type(good) and value == good for good in original.allowed):
+        choices = " or ".join(f"{key}: {good}" for good in original.allowed)
+        raise ConfigError(f"args.{key} = {value!r} in {source}: {original.refused}; set {choices}, or delete the key")
+    return value
+
+
+def original_keys_note(args: Mapping) -> str | None:
+    """One line naming the original's keys in `args` that have no effect here and why (None when there are none)."""
+    keys_by_reason = {}
+    for key in args:
+        if key in ORIGINAL_KEYS and ORIGINAL_KEYS[key].no_effect:
+            keys_by_reason.setdefault(ORIGINAL_KEYS[key].no_effect, []).append(key)
+    if not keys_by_reason:
+        return None
+    return "note: keys of the original DiTCtrl without effect here: " + "; ".join(
+        f"{', '.join(keys)} ({why})" for why, keys in keys_by_reason.items())
+
+
 def _split_source(config, source: str) -> tuple[DictConfig, dict]:
     """One source's `model` section and its checked `args`."""
     if not isinstance(config, DictConfig):
         raise ConfigError(f"{source} must be a mapping with the sections {', '.join(SECTIONS)}")
     for name in config:
         if name not in SECTIONS:
-            hint = f"; did you mean 'args.{name}'?" if name in argument_schema() else _suggestion(name, SECTIONS)
+            is_arg = name in argument_schema() or name in ORIGINAL_KEYS
+            hint = f"; did you mean 'args.{name}'?" if is_arg else _suggestion(name, SECTIONS)
             raise ConfigError(f"unknown section '{name}' in {source}{hint} (allowed: {', '.join(SECTIONS)})")
     return _section(config, "model", source), _checked_args(_section(config, "args", source), source)
 
@@ -340,7 +421,7 @@ MODEL_VALUE_RULES = {
     "sampler_config.params.cfg_num_steps": _STEP_COUNT,
     "sampler_config.params.shift_scale": _POSITIVE_NUMBER,
     "sampler_config.params.cfg_scale": _NUMBER_AT_LEAST_0,
-    # the dynamic CFG raises the negative base (num_steps - t) / num_steps to this power
+    # the dynamic CFG raises the negative base (num_steps - t) / cfg_num_steps to this power
     "sampler_config.params.cfg_exp": _WHOLE_NUMBER,
 }
 TINY_T5_KEYS = ("d_model", "d_ff", "num_layers", "num_heads", "d_kv")
@@ -508,6 +589,12 @@ def announce_overwrites(paths: Iterable[str]) -> None:
 
 
 MAPS_FOLDER = "attn_map"  # masks and attention maps (mask-guided, visualisation): shared by the runs of a folder
+
+
+def mask_folder(args, output_dir: str) -> str:
+    """Where mask-guided saves its masks: `mask_save_dir` when set, else `<output_dir>/attn_map` (where the original
+    always put them)."""
+    return args.mask_save_dir or os.path.join(output_dir, MAPS_FOLDER)
 
 
 def announce_other_runs_files(output_dir: str, planned_files: Iterable[str]) -> None:

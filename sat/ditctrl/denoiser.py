@@ -28,15 +28,18 @@ def v_to_x0(x: torch.Tensor, v: torch.Tensor, alpha) -> torch.Tensor:
     return v.float() * c_out + x.float() * alpha
 
 
-def dynamic_cfg_scale(t: float, scale: float = 6.0, exp: float = 5.0, num_steps: int = 50) -> float:
-    """SAT's `DynamicCFG` scale `1 + scale*(1 - cos(pi*((num_steps - t)/num_steps)^exp))/2`.
+def dynamic_cfg_scale(t: float, *, scale: float, exp: float, sampler_steps: int, cfg_steps: int) -> float:
+    """SAT's `DynamicCFG` scale `1 + scale*(1 - cos(pi*((sampler_steps - t)/cfg_steps)^exp))/2`, as the original.
 
-    `t` is the DDPM timestep value (999, 979, ...), not the step index, exactly as SAT and diffusers compute it;
-    the base is then mostly large and negative, so the scale jumps pseudo-randomly between 1 and 1 + scale.
+    Two step counts: the original's sampler hands the guider `step_index = sampler_steps - t`, with `t` the DDPM
+    timestep value (999, 979, ...), not the step index; the guider divides by its own count `cfg_steps` (50 in
+    the original's config, whatever the sampler's count). The base is then mostly large and negative, so the
+    scale jumps pseudo-randomly between 1 and 1 + scale. diffusers' `use_dynamic_cfg` uses one count for both
+    (`cfg_steps = sampler_steps`).
     """
-    base = (num_steps - t) / num_steps
+    base = (sampler_steps - t) / cfg_steps
     if base < 0 and not float(exp).is_integer():
-        raise ValueError(f"exp must be an integer for timestep t={t} > num_steps={num_steps}, got exp={exp!r}")
+        raise ValueError(f"exp must be an integer for timestep t={t} > sampler_steps={sampler_steps}, got exp={exp!r}")
     return 1 + scale * (1 - math.cos(math.pi * base**exp)) / 2
 
 

@@ -128,8 +128,8 @@ def distributed_run():
     """The `Ranks` of this process, in the process group its environment describes (one process without).
 
     A process torchrun started joins its group even alone (`--nproc_per_node=1`: the group and SAT's state
-    are set up, nothing is exchanged). Ranks other than 0 print nothing on stdout and show no weight-loading
-    bars. The group and SAT's parallel state are torn down on exit.
+    are set up, nothing is exchanged). Ranks other than 0 print nothing on stdout. The group and SAT's parallel
+    state are torn down on exit.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # not started by torchrun
@@ -138,7 +138,6 @@ def distributed_run():
     import torch
     import torch.distributed as dist
     from sat import mpu
-    from transformers.utils import logging as hf_logging
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     if cuda:
@@ -147,8 +146,6 @@ def distributed_run():
     dist.init_process_group("nccl" if cuda else "gloo", timeout=EXCHANGE_TIMEOUT)  # env://: MASTER_ADDR/PORT
     mpu.initialize_model_parallel(1)
     ranks = Ranks(rank, size, local_rank, f"cuda:{local_rank}" if cuda else "cpu")
-    if rank:
-        hf_logging.disable_progress_bar()
     try:
         with open(os.devnull, "w") as quiet, redirect_stdout(quiet) if rank else nullcontext():
             yield ranks

@@ -7,8 +7,8 @@ is refused with one line before any model is built.
 """
 from dataclasses import dataclass
 
-from .config import check_index_range
-from .controllers import ALL_PROMPTS, CONTROLLERS, SOURCE_PROMPTS, TARGET_PROMPTS
+from .config import check_index_range, mask_folder
+from .controllers import ALL_PROMPTS, CONTROLLERS, SOURCE_PROMPTS, TARGET_PROMPTS, scheduled
 from .segment_layout import SegmentLayout, segment_layout, video_frames
 
 
@@ -54,6 +54,7 @@ class RunPlan:
     videos: dict                  # controller name -> VideoFiles
     isolated: tuple               # long plans with is_run_isolated: one file per prompt, then their concatenation
     decoded_frames: int           # frames of each video one decode call produces
+    prompt_pieces: tuple = ()     # each prompt's T5 pieces by token index (figure labels), once the tokenizer is read
 
     @property
     def files(self) -> list:
@@ -93,6 +94,32 @@ def check_run(entry: EntryPoint, cfg, prompts) -> None:
     if entry.prompt_count is not None and len(prompts) != entry.prompt_count:
         raise ValueError(f"{entry.script} needs {PROMPT_DESCRIPTIONS[entry.prompt_count]}, got {len(prompts)}")
     check_model_fit(cfg)
+    check_is_edit(entry, args, len(prompts))
+
+
+def check_is_edit(entry: EntryPoint, args, num_prompts: int) -> None:
+    """The original's `is_edit` (a key of its configs) set how its KV-sharing and mask-guided controllers counted
+    sampler steps: one per DiT forward (True), or one per S - 1 forwards (False; S = P + NB(P-1) + LM(P-2), its
+    window count). Every controller here is told the true sampler step, which is what the original did when that
+    count matched the forwards of a step: then the key has no effect (a note says so); otherwise it asks for a
+    step count this implementation does not reproduce and is refused."""
+    if "is_edit" not in args or not any(CONTROLLERS[name].steps_by_is_edit for name in args.adaln_mixin_names):
+        return
+    if entry.plan == "long":  # DiT forwards per sampler step: one per window pair
+        forwards = segment_layout(num_prompts, args.sampling_num_frames, args.overlap_size, args.num_transition_blocks,
+                                  args.longer_mid_segment).num_windows - 1
+    else:
+        forwards = 1
+    original_windows = (num_prompts + args.num_transition_blocks * (num_prompts - 1)
+                        + args.longer_mid_segment * (num_prompts - 2))
+    counted = {True: 1, False: original_windows - 1}  # forwards per step of the original's counter
+    if forwards and counted[args.is_edit] != forwards:
+        fitting = [value for value, count in counted.items() if count == forwards]
+        instead = f"set is_edit: {fitting[0]} or delete it" if fitting else "delete it"
+        every = "every DiT forward" if counted[args.is_edit] == 1 else f"every {counted[args.is_edit]} DiT forwards"
+        raise ValueError(f"args.is_edit = {args.is_edit} made the original's step counter advance after {every}, "
+                         f"but {entry.script} runs {forwards} per sampler step here, so its controlled steps would "
+                         f"not be the sampler's; this implementation always controls the true sampler steps: {instead}")
 
 
 def check_model_fit(cfg) -> None:
@@ -135,3 +162,60 @@ def check_token_indices(args, counts) -> None:
                 if not 0 <= index < counts[p]:
                     raise ValueError(f"args.{key} = {index} is outside prompt {p} ({counts[p]} tokens including "
                                      f"</s>): list them with python sat/show_tokens.py --prompt \"...\"")
+
+
+ORIGINAL_DEPTH = 30  # CogVideoX-2B's layers: the original's only model, for which its cases count their layers
+MASK_GUIDED = "KVSharingMaskGuidedAdaLNMixin"
+
+
+def plan_notes(cfg, plan: RunPlan) -> list:
+    """What a user should know before the run starts: a layer range written for CogVideoX-2B on a model of
+    another depth, and how many mask PNGs mask-guided will write."""
+    return [note for note in (layer_range_note(cfg), mask_files_note(cfg, plan)) if note]
+
+
+def _indices_text(indices) -> str:
+    """Sorted ints as `a-b` when consecutive, else listed."""
+    if len(indices) > 1 and indices[-1] - indices[0] == len(indices) - 1:
+        return f"{indices[0]}-{indices[-1]}"
+    return ", ".join(map(str, indices))
+
+
+def layer_range_note(cfg) -> str | None:
+    """On a model whose depth is not CogVideoX-2B's 30 layers, a controlled layer range that lies within 0..29 was
+    most likely written for 2B (every case of the original was): it is used as written, not scaled, and the note
+    names the part of this model's depth it controls and the keys that would control the same part."""
+    args, network = cfg.args, cfg.model.network_config.params
+    depth = network.num_layers
+    if depth == ORIGINAL_DEPTH or not any("start_layer" in CONTROLLERS[name].keys for name in args.adaln_mixin_names):
+        return None
+    layers = sorted(layer for layer in scheduled(args)[1] if layer < depth)
+    if not layers or layers[-1] >= ORIGINAL_DEPTH:
+        return None
+    scaled = sorted({round(layer * depth / ORIGINAL_DEPTH) for layer in layers})
+    if args.layer_idx is not None:
+        written, same_part = f"args.layer_idx {list(args.layer_idx)}", f"args.layer_idx={scaled}"
+    else:
+        written = f"args.start_layer {args.start_layer}, args.end_layer {args.end_layer}"
+        same_part = (f"args.start_layer={round(args.start_layer * depth / ORIGINAL_DEPTH)} "
+                     f"args.end_layer={round(args.end_layer * depth / ORIGINAL_DEPTH)}")
+    return (f"note: {written} control layers {_indices_text(layers)} of {cfg.model.name}'s {depth}, as written (the "
+            f"original's cases count CogVideoX-2B's {ORIGINAL_DEPTH}); the same part of this model's depth is "
+            f"{same_part}")
+
+
+def mask_files_note(cfg, plan: RunPlan) -> str | None:
+    """How many mask PNGs mask-guided writes: source and target per controlled step, controlled layer and window
+    pair (a window pair per step of a long video; one pair in an edit)."""
+    args = cfg.args
+    if MASK_GUIDED not in args.adaln_mixin_names or not args.save_masks:
+        return None
+    steps, layers = scheduled(args)
+    num_steps, depth = cfg.model.sampler_config.params.num_steps, cfg.model.network_config.params.num_layers
+    steps, layers = len(steps & set(range(num_steps))), len(layers & set(range(depth)))
+    pairs = plan.layout.num_windows - 1 if plan.layout is not None else 1
+    count = 2 * steps * layers * pairs
+    if not count:
+        return None
+    return (f"note: {MASK_GUIDED} writes {count} mask PNGs (controlled steps {steps} x layers {layers} x window pairs "
+            f"{pairs} x source and target) to {mask_folder(args, args.output_dir)}; args.save_masks=False writes none")

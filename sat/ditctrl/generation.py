@@ -114,7 +114,7 @@ def generate(cfg, plan: RunPlan, device: str, ranks: Ranks = Ranks()) -> dict:
         noise = run_noise(cfg, plan)
         controllers = {}
         for name, files in plan.videos.items():
-            controller = build_controller(name, args, args.output_dir)
+            controller = build_controller(name, args, args.output_dir, plan.prompt_pieces)
             torch.manual_seed(args.seed)
             if plan.layout is not None:
                 layout = plan.layout
@@ -140,7 +140,7 @@ def write_videos(pipeline: Pipeline, latent: torch.Tensor, files, controller: At
     frames = pipeline.decode(latent)  # (B, F, H, W, 3)
     print(f"wrote {write_mp4(os.path.join(args.output_dir, files.together), side_by_side(frames), args.sampling_fps)}")
     for file_name, video in zip(files.per_prompt, frames):
-        write_mp4(os.path.join(args.output_dir, file_name), video, args.sampling_fps)
+        print(f"wrote {write_mp4(os.path.join(args.output_dir, file_name), video, args.sampling_fps)}")
     if isinstance(controller, AttentionVisualizer):
         print(f"wrote {controller.write_overview(frames[0].numpy())}")
 
@@ -155,5 +155,5 @@ def write_isolated_baseline(pipeline: Pipeline, plan: RunPlan, embeds: torch.Ten
         latent = sample_clip(pipeline, embeds[p:p + 1], AttentionController(), noise[:, plan.layout.window(w)],
                              progress_bar(f"isolated prompt {p + 1}/{len(windows)}"))
         clips.append(pipeline.decode(latent)[0])
-        write_mp4(os.path.join(args.output_dir, plan.isolated[p]), clips[-1], args.sampling_fps)
-    write_mp4(os.path.join(args.output_dir, plan.isolated[-1]), torch.cat(clips), args.sampling_fps)
+        print(f"wrote {write_mp4(os.path.join(args.output_dir, plan.isolated[p]), clips[-1], args.sampling_fps)}")
+    print(f"wrote {write_mp4(os.path.join(args.output_dir, plan.isolated[-1]), torch.cat(clips), args.sampling_fps)}")

@@ -6,8 +6,6 @@ from .dit import TransformerState
 from .pair_batch import guidance_batch, split_guidance
 from .schedule import SHIFT_SCALE, denoiser_table
 
-ORIGINAL_CFG_STEPS = 50  # the original's DynamicCFG(num_steps=50), whatever the sampler's step count
-
 
 class GuidedDenoiser:
     """guided x0 of latents x (B, T, C, H, W) given per-row text `cond` and `uncond` (B, L, D).
@@ -21,15 +19,18 @@ class GuidedDenoiser:
     for several batches. Each part tells the controller where it is with its own `begin_forward`, so
     only controllers that keep no state across layers (`per_window_below_first_layer`) may be split.
 
-    `cfg_steps` is the step count of the dynamic-CFG schedule: the original keeps 50 whatever the
-    sampler's step count (`model.sampler_config.params.cfg_num_steps`). `shift_scale` is the SNR shift of the
-    table the sampler's alphas are snapped to: the sampler's own (2B 3.0, 5B 1.0), as the original's denoiser.
+    The dynamic-CFG scale takes two step counts, as the original's: `sampler_steps`, the sampler's
+    (`model.sampler_config.params.num_steps`), and `cfg_steps`, the guider's own
+    (`model.sampler_config.params.cfg_num_steps`, 50 in the original whatever the sampler's); see
+    `dynamic_cfg_scale`. `shift_scale` is the SNR shift of the table the sampler's alphas are snapped to:
+    the sampler's own (2B 3.0, 5B 1.0), as the original's denoiser.
     """
 
-    def __init__(self, model, cfg_scale: float = 6.0, cfg_exp: float = 5.0, cfg_steps: int = ORIGINAL_CFG_STEPS,
+    def __init__(self, model, *, sampler_steps: int, cfg_steps: int, cfg_scale: float = 6.0, cfg_exp: float = 5.0,
                  shift_scale: float = SHIFT_SCALE):
         self.model = model
-        self.cfg_scale, self.cfg_exp, self.cfg_steps = cfg_scale, cfg_exp, cfg_steps
+        self.cfg_scale, self.cfg_exp = cfg_scale, cfg_exp
+        self.sampler_steps, self.cfg_steps = sampler_steps, cfg_steps
         self.table = denoiser_table(shift_scale)
 
     def __call__(self, x, step, alpha, timestep, cond, uncond, pair=None) -> torch.Tensor:
@@ -69,4 +70,6 @@ class GuidedDenoiser:
     def _guided_x0(self, x2, v, alpha, timestep) -> torch.Tensor:
         """v (2B, ...) of the batch x2 = [x; x] ([uncond; cond] rows) -> guided x0 (B, ...), fp32."""
         x0_uncond, x0_cond = split_guidance(v_to_x0(x2, v, quantize_alpha(alpha, self.table).item()))
-        return guide(x0_uncond, x0_cond, dynamic_cfg_scale(timestep, self.cfg_scale, self.cfg_exp, self.cfg_steps))
+        scale = dynamic_cfg_scale(timestep, scale=self.cfg_scale, exp=self.cfg_exp, sampler_steps=self.sampler_steps,
+                                  cfg_steps=self.cfg_steps)
+        return guide(x0_uncond, x0_cond, scale)

@@ -136,8 +136,9 @@ class Pipeline:
 
     def guided(self) -> GuidedDenoiser:
         sampler = self.sampler_params
-        return GuidedDenoiser(self.dit, sampler["cfg_scale"], sampler["cfg_exp"], sampler["cfg_num_steps"],
-                              sampler["shift_scale"])
+        return GuidedDenoiser(self.dit, sampler_steps=sampler["num_steps"], cfg_steps=sampler["cfg_num_steps"],
+                              cfg_scale=sampler["cfg_scale"], cfg_exp=sampler["cfg_exp"],
+                              shift_scale=sampler["shift_scale"])
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) fp32 latent -> (B, F, H·8, W·8, 3) uint8 frames on the CPU (truncated like the original).

@@ -6,13 +6,14 @@ every weight file and the plan are checked, so `--help`, config errors and missi
 """
 import sys
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 
 from .config import (announce_other_runs_files, announce_overwrites, check_attention_backend, check_dtype_on_device,
-                     expand_prompts, is_full_size, parse_run_cli, prepare_output_dir, resolve_device, validate_model,
-                     write_resolved_config)
+                     expand_prompts, is_full_size, original_keys_note, parse_run_cli, prepare_output_dir,
+                     resolve_device, validate_model, write_resolved_config)
 from .distributed import Ranks, distributed_run
 from .errors import USER_ERRORS
-from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
+from .entry_points import ENTRY_POINTS, MASK_GUIDED, check_run, check_token_indices, plan_notes, plan_run
 from .synthetic_folders import ensure_synthetic_checkpoints
 from .weights import check_weight_files
 
@@ -58,6 +59,8 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     paths = check_weight_files(cfg)  # a diffusers folder's configs fix the model shape the checks below use
     check_run(entry, cfg, prompts)
     plan = plan_run(entry, cfg.args, prompts)
+    for note in filter(None, [original_keys_note(cfg.args), *plan_notes(cfg, plan)]):
+        print(note)
     # the first check that imports torch; the model's size, not --tiny, says whether the CPU may be chosen unasked
     device = resolve_device(cfg.args.device, full_size=is_full_size(cfg.model.network_config.params))
     if ranks.size > 1 and device.startswith("cuda"):
@@ -77,7 +80,8 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     tokens = T5Tokens(paths["tokenizer"], cfg.model.conditioner_config.params.max_length)
     check_token_indices(cfg.args, token_counts(tokens.tokenize, prompts))
     tokens.announce_cut_prompts(prompts)
-    mask_dirs = [cfg.args.mask_save_dir] if "KVSharingMaskGuidedAdaLNMixin" in cfg.args.adaln_mixin_names else []
+    plan = replace(plan, prompt_pieces=tuple(tuple(piece for _, piece in tokens.tokens(p)) for p in prompts))
+    mask_dirs = [cfg.args.mask_save_dir] if MASK_GUIDED in cfg.args.adaln_mixin_names and cfg.args.save_masks else []
     if ranks.is_main:
         announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files, filter(None, mask_dirs)))
         announce_other_runs_files(cfg.args.output_dir, plan.files)

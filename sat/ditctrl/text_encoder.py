@@ -5,9 +5,11 @@ Everything is read from a local folder, never from the Hugging Face hub. Transfo
 the ``sentencepiece`` and ``protobuf`` packages.
 """
 import os
+from contextlib import contextmanager
 
 import torch
 from transformers import T5EncoderModel, T5Tokenizer
+from transformers.utils import logging as transformers_logging
 
 from ditctrl.checkpoints import MissingCheckpointError, check_t5_folder, tokenizer_file
 
@@ -20,6 +22,18 @@ def _as_prompt_list(prompts):
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a string or a non-empty list of strings, got {prompts!r}")
     return list(prompts)
+
+
+@contextmanager
+def no_progress_bars():
+    """Without transformers' progress bars (its "Loading weights" bar): a run shows one bar, the sampler's."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 class T5Tokens:
@@ -45,7 +59,9 @@ class T5Tokens:
         A cut prompt keeps its first `max_length - 1` pieces and `</s>`.
         """
         distinct = list(dict.fromkeys(_as_prompt_list(prompts)))
-        counts = [len(ids) for ids in self.tokenizer(distinct).input_ids]  # untruncated, </s> included
+        # untruncated, </s> included; not verbose: transformers would warn of "indexing errors" past the
+        # tokenizer's model_max_length, while the note below says how the prompt is cut
+        counts = [len(ids) for ids in self.tokenizer(distinct, verbose=False).input_ids]
         cut = [(position, count) for position, count in enumerate(counts) if count > self.max_length]
         for position, count in cut:
             print(f"note: prompt {position} has {count} T5 tokens (with </s>) but the text context holds "
@@ -69,8 +85,9 @@ class T5TextEncoder(T5Tokens):
         super().__init__(tokenizer_folder or folder, max_length)
         # straight onto the device (accelerate's device map), in `dtype`; in fp16 transformers keeps the feed-forward
         # output projections in fp32 (`_keep_in_fp32_modules`: T5 v1.1 overflows in fp16 there)
-        self.model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype,
-                                                    device_map={"": torch.device(device)})
+        with no_progress_bars():
+            self.model = T5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype,
+                                                        device_map={"": torch.device(device)})
         self.model.eval().requires_grad_(False)
         self.device = torch.device(device)
 

@@ -2,7 +2,7 @@
 transformers: a missing download is reported at once. Their tensor names and shapes: `weight_shapes.py`.
 
 `args.load` names either a diffusers folder (`model_index.json`: every part inside, e.g. the
-`huggingface-cli download THUDM/CogVideoX-2b` folder) or a SAT transformer folder (`latest`; the VAE
+`hf download THUDM/CogVideoX-2b` folder) or a SAT transformer folder (`latest`; the VAE
 and T5 then come from `model.first_stage_config.ckpt_path` and the conditioner's `model_dir`).
 Relative paths are resolved from the `sat/` folder; a leading `~` is the user's home folder.
 """
@@ -10,8 +10,8 @@ import os
 
 from omegaconf import OmegaConf
 
-from .checkpoints import (MissingCheckpointError, StateDictSource, check_t5_folder, read_transformer_state_dict,
-                          read_vae_state_dict, transformer_file)
+from .checkpoints import (OLD_HUB_CLI, MissingCheckpointError, StateDictSource, check_t5_folder, download_command,
+                          read_transformer_state_dict, read_vae_state_dict, tokenizer_file, transformer_file)
 from .diffusers_layout import TRANSFORMER_NAMES, VAE_NAMES, DiffusersSource, NameMap, detect_layout, read_model_configs
 
 SAT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,8 +79,8 @@ def check_weight_files(cfg) -> dict:
     if not os.path.isdir(load):
         raise MissingCheckpointError(load, model_name=model_name)
     if detect_layout(load) is None:
-        raise ValueError(f"{load} is neither a diffusers folder (model_index.json, e.g. from huggingface-cli "
-                         f"download THUDM/{model_name}) nor a SAT transformer folder (latest + <iteration>/)")
+        raise ValueError(f"{load} is neither a diffusers folder (model_index.json, e.g. from "
+                         f"{download_command(model_name)}) nor a SAT transformer folder (latest + <iteration>/)")
     paths = weight_paths(cfg)
     _require_files(paths, model_name)
     if paths["layout"] == "diffusers":
@@ -98,3 +98,29 @@ def _require_same_family(model, folder_model: dict, root: str) -> None:
         family, option = ("CogVideoX-5B", "5b") if rotary else ("CogVideoX-2B", "2b")
         raise ValueError(f"{root} holds a {family}-type model (rotary position embedding: {rotary}) but the run is "
                          f"configured for {model.name}; run with --model {option}")
+
+
+def find_tokenizer(cfg, path: str | None = None) -> str:
+    """The folder of the T5 tokenizer (spiece.model or tokenizer.json); the tokenizer alone is enough.
+
+    `path` (show_tokens' --tokenizer) is a tokenizer folder, a diffusers folder holding tokenizer/, or a
+    spiece.model file. Without it: the configured model's, in either layout: `<args.load>/tokenizer` (a diffusers
+    folder, or the tokenizer alone from `hf download THUDM/<model> --include "tokenizer/*"`), else the SAT
+    layout's T5 folder (`model.conditioner_config.params.model_dir`). A FileNotFoundError names where it looked
+    and the tokenizer's download.
+    """
+    if path is not None:
+        path = os.path.expanduser(path)
+        if os.path.isfile(path):
+            folders = [os.path.dirname(path)] if os.path.basename(path) in ("spiece.model", "tokenizer.json") else []
+        else:
+            folders = [os.path.join(path, "tokenizer"), path]
+    else:
+        folders = [os.path.join(weight_path(cfg.args.load), "tokenizer"),
+                   weight_path(cfg.model.conditioner_config.params.model_dir)]
+    for folder in folders:
+        if os.path.isfile(tokenizer_file(folder)):
+            return folder
+    name = cfg.model.name
+    raise FileNotFoundError(f"no T5 tokenizer (spiece.model) at {path or ' or '.join(folders)}; download it alone: "
+                            f'{download_command(name, "tokenizer/*")} ({OLD_HUB_CLI})')

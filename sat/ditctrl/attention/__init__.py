@@ -12,8 +12,9 @@ __all__ = ["AttentionController", "ControlSchedule", "KVSharing", "MaskGuidedKVS
 CONTROLLERS = {name: globals()[spec.class_name] for name, spec in CONTROLLER_SPECS.items()}
 
 
-def build_controller(name: str, args, output_dir: str) -> AttentionController:
-    """The controller registered under the original's mixin `name`, configured from the run's args."""
+def build_controller(name: str, args, output_dir: str, prompt_pieces=()) -> AttentionController:
+    """The controller registered under the original's mixin `name`, configured from the run's args; `prompt_pieces`:
+    each prompt's T5 pieces by token index, where known (labels of the figures)."""
     if name not in CONTROLLERS:
         raise ValueError(f"unknown attention controller {name!r}; known: {sorted(CONTROLLERS)}")
-    return CONTROLLERS[name].from_args(args, output_dir)
+    return CONTROLLERS[name].from_args(args, output_dir, prompt_pieces)

@@ -14,6 +14,7 @@ from numbers import Integral
 
 import torch
 
+from ..controllers import scheduled
 from .kernels import attention
 
 
@@ -26,9 +27,7 @@ class ControlSchedule:
     @classmethod
     def from_args(cls, args) -> "ControlSchedule":
         """Explicit `step_idx` / `layer_idx` lists win over the half-open start/end ranges."""
-        steps = args.step_idx if args.step_idx is not None else range(args.start_step, args.end_step)
-        layers = args.layer_idx if args.layer_idx is not None else range(args.start_layer, args.end_layer)
-        return cls(frozenset(int(s) for s in steps), frozenset(int(l) for l in layers))
+        return cls(*scheduled(args))
 
     def active(self, step, layer: int) -> bool:
         return step is not None and step in self.steps and layer in self.layers
@@ -42,8 +41,9 @@ class AttentionController:
         self.step = self.pair = self.token_grid = None
 
     @classmethod
-    def from_args(cls, args, output_dir: str) -> "AttentionController":
-        """Build from the run's resolved `args`; controllers that save files do so under `output_dir`."""
+    def from_args(cls, args, output_dir: str, prompt_pieces=()) -> "AttentionController":
+        """Build from the run's resolved `args`; controllers that save files do so under `output_dir`, those that
+        label figures with words take them from `prompt_pieces` (each prompt's T5 pieces by token index)."""
         return cls(ControlSchedule.from_args(args))
 
     def begin_forward(self, step=None, pair=None, token_grid=None) -> None:

@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from ..config import MAPS_FOLDER, check_index_range
+from ..config import check_index_range, mask_folder
 from ..pair_batch import PairBatch
 from .control import AttentionController, ControlSchedule, token_indices
 from .kernels import attention, attention_with_lse, probabilities
@@ -92,10 +92,10 @@ class MaskGuidedKVSharing(AttentionController):
         self.pending_masks: list[tuple[str, torch.Tensor]] = []  # (PNG path, mask on the device) until end_step
 
     @classmethod
-    def from_args(cls, args, output_dir: str | None) -> "MaskGuidedKVSharing":
-        """Masks are saved under `mask_save_dir` when set, else `<output_dir>/attn_map` (where the original always
-        put them); `output_dir=None` saves nothing."""
-        mask_dir = None if output_dir is None else args.mask_save_dir or os.path.join(output_dir, MAPS_FOLDER)
+    def from_args(cls, args, output_dir: str | None, prompt_pieces=()) -> "MaskGuidedKVSharing":
+        """Masks are saved under `config.mask_folder` with `save_masks` (the original's default); `output_dir=None`
+        saves nothing."""
+        mask_dir = mask_folder(args, output_dir) if output_dir is not None and args.save_masks else None
         return cls(ControlSchedule.from_args(args), args.thres, args.ref_token_idx, args.cur_token_idx, mask_dir)
 
     def begin_forward(self, step=None, pair=None, token_grid=None) -> None:

@@ -58,7 +58,7 @@ class TokenReweighting(AttentionController):
         self.additive = additive
 
     @classmethod
-    def from_args(cls, args, output_dir: str) -> "TokenReweighting":
+    def from_args(cls, args, output_dir: str, prompt_pieces=()) -> "TokenReweighting":
         return cls(ControlSchedule.from_args(args), args.reweight_token_idx, args.reweight_scale,
                    args.reweight_kv_switch_step, args.reweight_additive)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..attention_figures import TokenMaps, heatmap_figure, overview_figure, token_panels_figure
 from ..config import MAPS_FOLDER
@@ -79,7 +80,8 @@ def head_mean_maps(q, k, v, blocks: list) -> list:
 class AttentionVisualizer(AttentionController):
     """Plain attention that writes running-mean attention maps at the requested (step, layer) pairs."""
 
-    def __init__(self, steps, layers, tokens, output_dir: str, dpi: float | None = None):
+    def __init__(self, steps, layers, tokens, output_dir: str, dpi: float | None = None, pieces=()):
+        """`pieces`: the prompt's T5 pieces by token index, to label the token maps with their words."""
         for name, values in (("attn_map_step_idx", steps), ("attn_map_layer_idx", layers),
                              ("attn_map_token_idx", tokens)):
             if not values:
@@ -87,6 +89,7 @@ class AttentionVisualizer(AttentionController):
         super().__init__(ControlSchedule(frozenset(steps), frozenset(layers)))
         self.last_layer = max(layers)
         self.tokens = tuple(tokens)
+        self.labels = tuple(f'token {token} "{pieces[token]}"' if pieces else f"token {token}" for token in self.tokens)
         self.output_dir = output_dir
         self.dpi = dpi  # None: the original's dpi per figure
         self.figures_written: list[str] = []  # every PNG and .npy, in order
@@ -97,8 +100,9 @@ class AttentionVisualizer(AttentionController):
         self._pending: list[tuple[int, int, MapLayout, dict]] = []  # (step, layer, layout, means on the device)
 
     @classmethod
-    def from_args(cls, args, output_dir: str) -> "AttentionVisualizer":
-        return cls(args.attn_map_step_idx, args.attn_map_layer_idx, args.attn_map_token_idx, output_dir)
+    def from_args(cls, args, output_dir: str, prompt_pieces=()) -> "AttentionVisualizer":
+        return cls(args.attn_map_step_idx, args.attn_map_layer_idx, args.attn_map_token_idx, output_dir,
+                   pieces=prompt_pieces[0] if prompt_pieces else ())
 
     def begin_forward(self, step=None, pair=None, token_grid=None) -> None:
         super().begin_forward(step, pair, token_grid)
@@ -162,7 +166,7 @@ class AttentionVisualizer(AttentionController):
         os.makedirs(folder, exist_ok=True)
         token_png = os.path.join(folder, f"token_attention_vertical_step_{step}_layer_{layer}_selected_frame_"
                                          f"{layout.token_frame}_first_{len(self.tokens)}_tokens.png")
-        token_panels_figure(token_maps, token_png, dpi=self.dpi)
+        token_panels_figure(token_maps, self.labels, token_png, dpi=self.dpi)
         self.figures_written.append(token_png)
         where = f"Step {step}, Layer {layer}"
         self._save_heatmap(mean["text"], os.path.join(folder, "text_attn_map"),
@@ -171,8 +175,9 @@ class AttentionVisualizer(AttentionController):
                            f"Spatial Attention Map (Frame {frame}, {where})", "Spatial Position", 10)
         self._save_heatmap(mean["temporal"], os.path.join(folder, f"temporal_attn_map_pos_{row}_{col}"),
                            f"Temporal Attention Map at Position ({row}, {col}) ({where})", "Frame Index", 8)
-        self.records.append(TokenMaps(step, layer, layout.token_frame, self.tokens, token_maps))
-        print(f"saved attention maps of step {step}, layer {layer} (mean of layers 0-{layer}) to {folder}")
+        self.records.append(TokenMaps(step, layer, layout.token_frame, self.labels, token_maps))
+        # written while the sampler's progress bar runs: above it, not into it
+        tqdm.write(f"saved attention maps of step {step}, layer {layer} (mean of layers 0-{layer}) to {folder}")
 
     def _save_heatmap(self, block: torch.Tensor, stem: str, title: str, axis_label: str, size_in: float,
                       grid: bool = False) -> None:
