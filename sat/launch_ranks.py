@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from ditctrl.console import say
+
 GRACE_S = 10.0  # how long the other ranks may take to end after one failed, or to stop after a signal
 POLL_S = 0.05
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
@@ -49,7 +51,7 @@ def job_status(statuses: list) -> int:
     for rank, status in enumerate(statuses):
         if status is not None and status < 0:
             name = signal.strsignal(-status) or "unknown"
-            print(f"error: rank {rank} ended by signal {-status} ({name}); the job ended with it", file=sys.stderr)
+            say(f"error: rank {rank} ended by signal {-status} ({name}); the job ended with it", file=sys.stderr)
             return 1
     return next((status for status in statuses if status), 0)
 
@@ -103,13 +105,13 @@ def run_ranks(command: list, size: int) -> int:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
-        print("error: usage: python sat/launch_ranks.py N SCRIPT [ARGUMENTS ...] with N >= 1", file=sys.stderr)
+        say("error: usage: python sat/launch_ranks.py N SCRIPT [ARGUMENTS ...] with N >= 1", file=sys.stderr)
         sys.exit(2)
     size = int(argv[0])
     import torch
     devices = torch.cuda.device_count()
     if devices and size > devices:
-        print(f"error: --gpus {size} asks for more ranks than this machine has CUDA devices ({devices})",
+        say(f"error: --gpus {size} asks for more ranks than this machine has CUDA devices ({devices})",
               file=sys.stderr)
         sys.exit(2)
     sys.exit(run_ranks([sys.executable, *argv[1:]], size))

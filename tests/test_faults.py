@@ -8,6 +8,7 @@ goes into a copy of one finished run's folder, and must leave it byte for byte a
 import errno
 import gc
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -527,3 +528,29 @@ def test_damaged_checkpoint_is_one_line_naming_the_file_before_model_work(capsys
     status, line = guarded_edit(capsys, rerun_folder, *overrides)
     assert status == 2 and line.startswith("error: ") and str(named) in line, line
     assert_untouched(rerun_folder, earlier_run[1])
+
+
+# ---------------------------------------------------------------- printing never costs the outputs
+
+def test_a_folder_name_the_output_encoding_cannot_show_keeps_the_outputs(monkeypatch, capsys, tmp_path):
+    """stdout in ASCII (PYTHONIOENCODING=ascii, a C locale) and a non-ASCII output_dir: the `wrote` line shows an
+    escape instead of failing, and the finished outputs are kept."""
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    folder = tmp_path / "café"
+    status, line = guarded_edit(capsys, folder)
+    assert (status, line) == (0, "")
+    assert sorted(os.listdir(folder)) == sorted(OUTPUTS)
+    stdout.seek(0)
+    assert f"wrote {tmp_path}/caf\\xe9/{OUTPUTS[0]}\n" in stdout.read()
+
+
+def test_stdout_on_a_full_device_keeps_the_outputs(monkeypatch, capsys, tmp_path):
+    """stdout on /dev/full (every write fails with ENOSPC): the run's lines are dropped, its outputs kept."""
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        status, line = guarded_edit(capsys, tmp_path / "out")
+        assert (status, line) == (0, "")
+        full.write("a later line")
+        full.flush()  # the descriptor now leads to /dev/null: Python's flush at exit cannot fail either
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(OUTPUTS)

@@ -20,6 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .console import say
 from .controllers import CONTROLLERS
 from .output_files import OutputRun, first_line, write_text
 
@@ -504,7 +505,7 @@ def prepare_output_dir(output_dir: str, planned_files: Iterable[str], other_dirs
 def announce_overwrites(paths: Iterable[str]) -> None:
     """Print one line for each existing file a run is about to replace."""
     for path in paths:
-        print(f"overwriting existing {path}")
+        say(f"overwriting existing {path}")
 
 
 MAPS_FOLDER = "attn_map"  # masks and attention maps (mask-guided, visualisation): shared by the runs of a folder
@@ -517,7 +518,7 @@ def announce_other_runs_files(output_dir: str, planned_files: Iterable[str]) -> 
     others = sorted(name for name in os.listdir(output_dir) if not name.startswith(".") and name not in ours)
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        print(f"note: {output_dir} also holds what earlier runs wrote and this run leaves as it is ({shown}); its "
+        say(f"note: {output_dir} also holds what earlier runs wrote and this run leaves as it is ({shown}); its "
               f"{PARAMS_FILE} will describe this run's files only")
 
 

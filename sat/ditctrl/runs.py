@@ -7,6 +7,7 @@ every weight file and the plan are checked, so `--help`, config errors and missi
 import sys
 from contextlib import ExitStack, contextmanager
 
+from .console import say
 from .config import (announce_other_runs_files, announce_overwrites, check_attention_backend, check_dtype_on_device,
                      expand_prompts, is_full_size, parse_run_cli, prepare_output_dir, resolve_device, validate_model,
                      write_resolved_config)
@@ -29,7 +30,7 @@ def user_errors():
     try:
         yield
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -51,7 +52,7 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     validate_model(cfg)
     prompts = expand_prompts(cfg.args)
     if tiny:
-        print(random_weights_note(cfg.model.name))
+        say(random_weights_note(cfg.model.name))
         with ranks.together():  # the machine's other ranks wait for its weights
             if ranks.local_rank == 0:
                 ensure_synthetic_checkpoints(cfg)

@@ -10,6 +10,7 @@ inside an existing folder, never together with missing folders above it elsewher
 import os
 
 from .checkpoints import MissingCheckpointError, check_t5_folder
+from .console import say
 from .output_files import write_text
 from .weights import SAT_DIR, weight_paths
 
@@ -87,6 +88,6 @@ def ensure_synthetic_checkpoints(cfg, device: str = "cpu") -> None:
         paths = weight_paths(cfg)
         claim_part_folders(paths, parts)
         from .synthetic_checkpoint import write_synthetic_checkpoints  # torch and SAT: only when there is work
-        print(f"writing random-weight checkpoints ({', '.join(parts)}) to "
+        say(f"writing random-weight checkpoints ({', '.join(parts)}) to "
               f"{', '.join(part_folders(paths)[part] for part in parts)} (once; later runs reuse them)")
         write_synthetic_checkpoints(cfg, device, parts=parts)

@@ -20,6 +20,7 @@ import torch
 
 from ..attention_figures import TokenMaps, heatmap_figure, overview_figure, token_panels_figure
 from ..config import MAPS_FOLDER
+from ..console import say
 from ..output_files import write_file
 from ..pair_batch import split_guidance
 from .control import AttentionController, ControlSchedule
@@ -172,7 +173,7 @@ class AttentionVisualizer(AttentionController):
         self._save_heatmap(mean["temporal"], os.path.join(folder, f"temporal_attn_map_pos_{row}_{col}"),
                            f"Temporal Attention Map at Position ({row}, {col}) ({where})", "Frame Index", 8)
         self.records.append(TokenMaps(step, layer, layout.token_frame, self.tokens, token_maps))
-        print(f"saved attention maps of step {step}, layer {layer} (mean of layers 0-{layer}) to {folder}")
+        say(f"saved attention maps of step {step}, layer {layer} (mean of layers 0-{layer}) to {folder}")
 
     def _save_heatmap(self, block: torch.Tensor, stem: str, title: str, axis_label: str, size_in: float,
                       grid: bool = False) -> None:
