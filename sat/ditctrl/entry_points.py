@@ -7,7 +7,7 @@ is refused with one line before any model is built.
 """
 from dataclasses import dataclass
 
-from .config import check_index_range
+from .config import check_index_range, has_control_characters
 from .controllers import ALL_PROMPTS, CONTROLLERS, SOURCE_PROMPTS, TARGET_PROMPTS
 from .segment_layout import SegmentLayout, segment_layout, video_frames
 
@@ -35,8 +35,11 @@ PROMPT_DESCRIPTIONS = {2: "exactly 2 prompts (source, target)", 1: "exactly 1 pr
 
 def prompt_stem(prompt: str, limit: int = 120, byte_limit: int = 200) -> str:
     """The original's file-name form of a prompt: spaces -> '_', '/' removed, first `limit` characters; then at most
-    `byte_limit` bytes in UTF-8 (a file name holds 255 bytes; a CJK character takes 3), cut between characters."""
-    return prompt.replace(" ", "_").replace("/", "")[:limit].encode()[:byte_limit].decode(errors="ignore")
+    `byte_limit` bytes in UTF-8 (a file name holds 255 bytes; a CJK character takes 3), cut between characters.
+    Line breaks and tabs become '_' too, and other control characters are removed: a file name never holds them."""
+    stem = "".join("_" if character.isspace() else character for character in prompt.replace("/", "")
+                   if character.isspace() or not has_control_characters(character))
+    return stem[:limit].encode()[:byte_limit].decode(errors="ignore")
 
 
 @dataclass(frozen=True)

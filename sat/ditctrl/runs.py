@@ -15,7 +15,7 @@ from .distributed import Ranks, distributed_run
 from .errors import USER_ERRORS
 from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
 from .synthetic_folders import ensure_synthetic_checkpoints
-from .weights import check_weight_files
+from .weights import check_weight_files, resolve_model
 
 
 def random_weights_note(model_name: str) -> str:
@@ -48,15 +48,16 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     params.yaml; each rank on CUDA uses its own GPU (LOCAL_RANK).
     """
     entry = ENTRY_POINTS[entry_name]
-    cfg, tiny = parse_run_cli(argv)
-    validate_model(cfg)
+    cfg, tiny, requested = parse_run_cli(argv)
+    cfg, origins = resolve_model(cfg, requested)  # a diffusers folder's model shape first: every check below uses it
+    validate_model(cfg, origins)
     prompts = expand_prompts(cfg.args)
     if tiny:
         say(random_weights_note(cfg.model.name))
         with ranks.together():  # the machine's other ranks wait for its weights
             if ranks.local_rank == 0:
                 ensure_synthetic_checkpoints(cfg)
-    paths = check_weight_files(cfg)  # a diffusers folder's configs fix the model shape the checks below use
+    paths = check_weight_files(cfg)
     check_run(entry, cfg, prompts)
     plan = plan_run(entry, cfg.args, prompts)
     # the first check that imports torch; the model's size, not --tiny, says whether the CPU may be chosen unasked
