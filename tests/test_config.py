@@ -399,7 +399,8 @@ def test_output_dir_that_cannot_be_created_is_named(tmp_path):
     regular_file = tmp_path / "file"
     regular_file.write_text("")
     output_dir = str(regular_file / "out")
-    assert error_of(prepare_output_dir, output_dir, []) == f"output_dir '{output_dir}' is not writable: Not a directory"
+    assert error_of(prepare_output_dir, output_dir, []) == (
+        f"args.output_dir '{output_dir}' is not writable: Not a directory")
 
 
 def test_output_dir_is_created_and_existing_files_reported(tmp_path):

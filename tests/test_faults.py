@@ -218,7 +218,7 @@ def test_real_full_disk(capsys, tiny_tmpfs):
     assert status == 1
     assert line.startswith(f"error: cannot write {tiny_tmpfs / 'out'}/editing_") and line.endswith(
         "; no output of this run was kept; earlier outputs are unchanged")
-    assert os.listdir(tiny_tmpfs / "out") == []  # no partial file, no lock
+    assert os.listdir(tiny_tmpfs) == []  # no partial file, no lock, not even the folder the run made
 
 
 def test_internal_error_is_one_line_with_the_log(monkeypatch, capsys, earlier_run, rerun_folder):
@@ -286,7 +286,8 @@ def test_second_run_into_a_busy_folder_is_refused_naming_the_first(capsys, rerun
         earlier = snapshot(rerun_folder)
         status, line = guarded_edit(capsys, rerun_folder, "args.seed=7")
         assert status == 2
-        assert line.startswith(f"error: output_dir {rerun_folder} is in use by another run (pid {holder.pid} on host ")
+        assert line.startswith(f"error: args.output_dir {rerun_folder} is in use by another run (pid {holder.pid} on "
+                               "host ")
         assert snapshot(rerun_folder) == earlier
     finally:
         holder.kill()
@@ -300,10 +301,67 @@ def test_stale_lock_of_a_killed_run_is_reported_not_taken_over(capsys, rerun_fol
     earlier = snapshot(rerun_folder)
     status, line = guarded_edit(capsys, rerun_folder, "args.seed=7")
     assert status == 2
-    assert line.startswith(f"error: output_dir {rerun_folder} has a stale lock of a run that did not finish "
+    assert line.startswith(f"error: args.output_dir {rerun_folder} has a stale lock of a run that did not finish "
                            f"(pid {holder.pid} on host ")
     assert f"delete {rerun_folder / LOCK_NAME}" in line
     assert snapshot(rerun_folder) == earlier  # the lock file is still there, unchanged
+
+
+MASK_GUIDED = "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]"
+
+
+@pytest.mark.parametrize("held, overrides, message", [
+    # mask_save_dir inside a folder another run holds (its masks would mix with the other run's)
+    ("busy", ["args.mask_save_dir={tmp}/busy/masks", MASK_GUIDED],
+     "args.mask_save_dir {tmp}/busy/masks lies inside {tmp}/busy, which is in use by another run"),
+    # the reverse: output_dir holds a folder another run writes into
+    ("out/attn_map", [], "args.output_dir {tmp}/out holds {tmp}/out/attn_map, which is in use by another run"),
+    # a busy mask folder is named as what it is
+    ("busy", ["args.mask_save_dir={tmp}/busy", MASK_GUIDED],
+     "args.mask_save_dir {tmp}/busy is in use by another run"),
+])
+def test_a_folder_above_or_below_one_another_run_holds_is_refused(capsys, tmp_path, held, overrides, message):
+    """Two runs: the first (a live process) holds a folder; the second's folders nest with it. The second is refused
+    before any model work, naming the right key, and leaves no folder it made."""
+    (tmp_path / held).mkdir(parents=True)
+    holder = hold_lock(tmp_path / held, 60)
+    try:
+        before = sorted(str(path) for path in tmp_path.rglob("*"))
+        status, line = guarded_edit(capsys, tmp_path / "out", *[o.format(tmp=tmp_path) for o in overrides])
+        assert status == 2
+        assert line.startswith(f"error: {message.format(tmp=tmp_path)} (pid {holder.pid} on host "), line
+        assert sorted(str(path) for path in tmp_path.rglob("*")) == before  # out/ (or out/ kept as it was) only
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_below_the_output_dir_is_reported_like_any_other(capsys, tmp_path):
+    (tmp_path / "out" / "isolated").mkdir(parents=True)
+    holder = hold_lock(tmp_path / "out" / "isolated", 60)
+    holder.kill()
+    holder.wait()
+    status, line = guarded_edit(capsys, tmp_path / "out")
+    assert status == 2
+    assert line.startswith(f"error: args.output_dir {tmp_path / 'out'} holds {tmp_path / 'out' / 'isolated'}, which "
+                           f"has a stale lock of a run that did not finish (pid {holder.pid} on host ")
+    assert f"delete {tmp_path / 'out' / 'isolated' / LOCK_NAME}" in line
+    assert os.listdir(tmp_path / "out") == ["isolated"]  # the earlier folder stays; no lock of this run left
+
+
+def test_a_refused_run_leaves_no_folder_it_made(capsys, tmp_path):
+    """A refusal after the output folders were made (here: the mask folder is another run's) removes the folders
+    the run made, all the way up, and nothing else."""
+    (tmp_path / "masks").mkdir()
+    holder = hold_lock(tmp_path / "masks", 60)
+    try:
+        status, _ = guarded_edit(capsys, tmp_path / "new" / "deeper" / "out", f"args.mask_save_dir={tmp_path / 'masks'}",
+                                 MASK_GUIDED)
+        assert status == 2
+        assert sorted(os.listdir(tmp_path)) == ["masks"]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_finished_run_releases_its_lock(capsys, rerun_folder):

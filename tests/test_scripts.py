@@ -287,18 +287,22 @@ def test_a_tiny_run_s_params_yaml_reruns_on_the_cpu_without_tiny(tmp_path, monke
     assert device == rerun_device == "cpu"
 
 
-def test_earlier_runs_files_left_in_the_folder_are_named(tmp_path, capsys):
-    """params.yaml describes the run's own files; what other runs left next to them is named at the start."""
+def test_earlier_runs_files_left_in_the_folders_are_named_nested_ones_too(tmp_path, capsys):
+    """params.yaml describes the run's own files; what other runs left in its folders, at any depth (another
+    controller's video, a longer run's masks under attn_map/), is named in one note once the run's files are all
+    written; what the run wrote itself is not."""
     target = tmp_path / "edit"
-    (target / "isolated").mkdir(parents=True)
-    for name in ("editing_KVSharingAdaLNMixin_frames49.mp4", "editing_frames49.mp4", "params.yaml", "notes.txt"):
+    leftovers = ["editing_KVSharingAdaLNMixin_frames49.mp4", "isolated/all_frames98.mp4", "notes.txt",
+                 "attn_map/segment0/mask_s_step3_layer25_all_frames.png"]  # a 4-step run's, beside this 3-step one's
+    ours = ["editing_frames49.mp4", "params.yaml", "attn_map/segment0/mask_t_step2_layer29_all_frames.png"]
+    for name in leftovers + ours:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         (target / name).write_bytes(b"")
     with OutputRun():
-        prepare_run("sample_video_edit", [*BASE, "--custom-config", EDIT_CASE, "--tiny", f"args.output_dir={target}"])
-    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("note: ", "overwriting "))]
-    assert notes[-3:] == [
-        f"overwriting existing {target / 'editing_frames49.mp4'}",
-        f"note: {target} also holds what earlier runs wrote and this run leaves as it is "
-        "(editing_KVSharingAdaLNMixin_frames49.mp4, isolated, notes.txt); its params.yaml will describe this run's "
-        "files only",
-        f"overwriting existing {target / 'params.yaml'}"]
+        edit(EDIT_CASE, f"args.output_dir={target}", "model.sampler_config.params.num_steps=3", "args.start_step=1",
+             "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]")
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: the run's folders")]
+    shown = sorted(leftovers)
+    assert notes == [f"note: the run's folders also hold what earlier runs wrote and this run left as it was "
+                     f"({', '.join(shown[:3])} and 1 more); {target / 'params.yaml'} describes this run's files only"]
+    assert all((target / name).stat().st_size > 0 for name in ours)  # rewritten by this run

@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .console import say
 from .controllers import CONTROLLERS
-from .output_files import OutputRun, first_line, write_text
+from .output_files import OutputRun, first_line, make_folders, write_text
 
 NUM_TRAIN_TIMESTEPS = 1000  # the DDPM discretisation CogVideoX was trained with (schedule.py builds on it)
 
@@ -534,13 +534,13 @@ def expand_prompts(args: Mapping) -> list[str]:
 
 
 def _claim_folder(folder: str, key: str) -> None:
-    """Create `folder`, prove it writable and, inside an `OutputRun`, lock it for this run."""
+    """Create `folder`, prove it writable and, inside an `OutputRun`, lock it for this run (`key` names it)."""
     try:
-        os.makedirs(folder, exist_ok=True)
+        make_folders(folder)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_probe"):
             pass
         if OutputRun.active is not None:
-            OutputRun.active.claim(folder)
+            OutputRun.active.claim(folder, key)
     except OSError as error:
         raise ConfigError(f"{key} '{folder}' is not writable: {error.strerror}") from error
 
@@ -552,7 +552,7 @@ def prepare_output_dir(output_dir: str, planned_files: Iterable[str], other_dirs
     `planned_files` are paths relative to `output_dir` (params.yaml excluded: see
     `write_resolved_config`). A folder another run uses raises `output_files.FolderInUseError`.
     """
-    _claim_folder(output_dir, "output_dir")
+    _claim_folder(output_dir, "args.output_dir")
     for folder in other_dirs:
         _claim_folder(folder, "args.mask_save_dir")
     planned_paths = (os.path.join(output_dir, name) for name in planned_files)
@@ -568,15 +568,17 @@ def announce_overwrites(paths: Iterable[str]) -> None:
 MAPS_FOLDER = "attn_map"  # masks and attention maps (mask-guided, visualisation): shared by the runs of a folder
 
 
-def announce_other_runs_files(output_dir: str, planned_files: Iterable[str]) -> None:
-    """Print a note naming the entries of `output_dir` that earlier runs wrote and this one will not replace (e.g.
-    another controller's video): params.yaml describes this run's files only."""
-    ours = {name.split("/")[0] for name in planned_files} | {PARAMS_FILE, MAPS_FOLDER}
-    others = sorted(name for name in os.listdir(output_dir) if not name.startswith(".") and name not in ours)
-    if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        say(f"note: {output_dir} also holds what earlier runs wrote and this run leaves as it is ({shown}); its "
-              f"{PARAMS_FILE} will describe this run's files only")
+def announce_other_runs_files(output_dir: str, files) -> None:
+    """Print a note naming `files` (absolute), what earlier runs left in the run's folders and this run did not
+    replace (another controller's video, the masks of steps this run does not have, …): params.yaml describes this
+    run's files only. Files inside `output_dir` are named relative to it."""
+    if files:
+        output_dir = os.path.abspath(output_dir)
+        names = [os.path.relpath(path, output_dir) if os.path.commonpath([output_dir, path]) == output_dir else path
+                 for path in files]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        say(f"note: the run's folders also hold what earlier runs wrote and this run left as it was ({shown}); "
+            f"{os.path.join(output_dir, PARAMS_FILE)} describes this run's files only")
 
 
 def write_resolved_config(cfg: DictConfig, output_dir: str) -> str:

@@ -13,6 +13,7 @@ from .config import (announce_other_runs_files, announce_overwrites, check_atten
                      write_resolved_config)
 from .distributed import Ranks, distributed_run
 from .errors import USER_ERRORS
+from .output_files import OutputRun
 from .entry_points import ENTRY_POINTS, check_run, check_token_indices, plan_run
 from .synthetic_folders import ensure_synthetic_checkpoints
 from .weights import check_weight_files, resolve_model
@@ -82,7 +83,6 @@ def prepare_run(entry_name: str, argv=None, ranks: Ranks = Ranks()):
     mask_dirs = [cfg.args.mask_save_dir] if "KVSharingMaskGuidedAdaLNMixin" in cfg.args.adaln_mixin_names else []
     if ranks.is_main:
         announce_overwrites(prepare_output_dir(cfg.args.output_dir, plan.files, filter(None, mask_dirs)))
-        announce_other_runs_files(cfg.args.output_dir, plan.files)
         write_resolved_config(cfg, cfg.args.output_dir)
     return cfg, plan, device
 
@@ -96,4 +96,7 @@ def run_entry(entry_name: str, argv=None) -> dict:
         with user_errors(), ranks.together():
             cfg, plan, device = prepare_run(entry_name, argv, ranks)
         from .generation import generate
-        return generate(cfg, plan, device, ranks)
+        controllers = generate(cfg, plan, device, ranks)
+        if ranks.is_main and OutputRun.active is not None:  # every file written: what else is there is another run's
+            announce_other_runs_files(cfg.args.output_dir, OutputRun.active.files_left_as_they_were())
+        return controllers
