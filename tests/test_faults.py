@@ -10,6 +10,7 @@ import gc
 import hashlib
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -213,12 +214,65 @@ def tiny_tmpfs(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_real_full_disk(capsys, tiny_tmpfs):
-    status, line = guarded_edit(capsys, tiny_tmpfs / "out")
-    assert status == 1
-    assert line.startswith(f"error: cannot write {tiny_tmpfs / 'out'}/editing_") and line.endswith(
-        "; no output of this run was kept; earlier outputs are unchanged")
+def test_real_full_disk(capfd, tiny_tmpfs):
+    """ffmpeg's own cause is the message (it was "the video does not read back (FFMPEG call failed with 183:)"), and
+    nothing ffmpeg printed reaches the terminal: the one line is all of stderr's run lines."""
+    with pytest.raises(SystemExit) as stop:
+        guarded(run_entry, "sample_video_edit", edit_argv(tiny_tmpfs / "out"))
+    assert stop.value.code == 1
+    err = capfd.readouterr().err
+    assert " @ 0x" not in err  # ffmpeg's tagged lines ("[out#0/mp4 @ 0x55…] Error closing file: …")
+    lines = [line for line in err.splitlines() if "No space left" in line]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"error: cannot write {tiny_tmpfs / 'out'}/editing_\w+\.mp4: No space left on device \(ffmpeg could not "
+        r"finish the video\); no output of this run was kept; earlier outputs are unchanged", lines[0]), lines
     assert os.listdir(tiny_tmpfs) == []  # no partial file, no lock, not even the folder the run made
+
+
+def _writer_running_out_of_space(get_writer, at_frame=None):
+    """imageio.get_writer whose ffmpeg prints ffmpeg's full-disk lines on the process's stderr (as the real one, which
+    inherits it) and stops: with a broken pipe at frame `at_frame`, else by leaving a truncated file at close."""
+    def patched(path, *args, **kwargs):
+        writer = get_writer(path, *args, **kwargs)
+        append, close = writer.append_data, writer.close
+
+        def append_data(frame):
+            if len(appended) == at_frame:
+                os.write(2, b"[vost#0:0/libx264 @ 0x55d] Error submitting a packet to the muxer: No space left on "
+                            b"device\n")
+                raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+            appended.append(1)
+            append(frame)
+
+        def close_truncated():
+            close()
+            os.truncate(path, 100)
+            os.write(2, b"[out#0/mp4 @ 0x55c] Error writing trailer: No space left on device\n"
+                        b"[out#0/mp4 @ 0x55c] Error closing file: No space left on device\n")
+        appended = []
+        writer.append_data, writer.close = append_data, close if at_frame is not None else close_truncated
+        return writer
+    return patched
+
+
+@pytest.mark.parametrize("at_frame", [None, 10], ids=["at close", "while writing"])
+def test_a_full_disk_seen_by_ffmpeg_is_named(monkeypatch, capsys, earlier_run, rerun_folder, at_frame):
+    monkeypatch.setattr(video_io.imageio, "get_writer", _writer_running_out_of_space(video_io.imageio.get_writer,
+                                                                                     at_frame))
+    status, line = guarded_edit(capsys, rerun_folder, "args.seed=7")
+    assert (status, line) == (1, f"error: cannot write {rerun_folder / OUTPUTS[0]}: No space left on device (ffmpeg "
+                                 "could not finish the video); no output of this run was kept; earlier outputs are "
+                                 "unchanged")
+    assert_untouched(rerun_folder, earlier_run[1])
+
+
+def test_ffmpeg_cause_is_its_os_error_or_its_last_line():
+    reading = ("FFMPEG call failed with 183:\nffmpeg version n9.0.2\n  libavutil 61\n[in#0 @ 0x55c] moov atom not "
+               "found\nError opening input files: Invalid data found when processing input\n")
+    assert video_io.ffmpeg_cause(reading) == "Error opening input files: Invalid data found when processing input"
+    assert video_io.ffmpeg_cause("[out#0/mp4 @ 0x5] Error closing file: Disk quota exceeded\n") == "Disk quota exceeded"
+    assert video_io.ffmpeg_cause("[out#0/mp4 @ 0x5] Task finished\n\n") == "Task finished"
+    assert video_io.ffmpeg_cause("") is None
 
 
 def test_internal_error_is_one_line_with_the_log(monkeypatch, capsys, earlier_run, rerun_folder):
