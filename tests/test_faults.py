@@ -456,6 +456,75 @@ def test_bad_input_is_refused_before_model_work(monkeypatch, capsys, earlier_run
     assert_untouched(rerun_folder, earlier_run[1])
 
 
+# ---------------------------------------------------------------- sizes that would run away
+
+ROSE_CASE = os.path.join(REPO, "inference_case_configs", "multi_prompts", "rose.yaml")
+GROWING = "fewer prompts, or a smaller num_transition_blocks, longer_mid_segment, single_prompt_length or " \
+          "sampling_num_frames - overlap_size, make it smaller"
+
+
+def guarded_long_run(capsys, output_dir, *overrides):
+    """(status, one error line) of a tiny multi-prompt run (rose) through the entry scripts' top level."""
+    with pytest.raises(SystemExit) as stop:
+        guarded(run_entry, "sample_video", [*BASE, "--custom-config", ROSE_CASE, "--tiny",
+                                            f"args.output_dir={output_dir}", *FAST, *overrides])
+        sys.exit(0)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    return stop.value.code, lines[0] if lines else ""
+
+
+@pytest.mark.parametrize("overrides, estimate", [
+    (["args.num_transition_blocks=100000"], "3 prompt(s), 200003 window(s), 800021 latent frames, 3200081 video "
+                                            "frames of 32x48"),
+    (["args.longer_mid_segment=100000"], "3 prompt(s), 100007 window(s), 400037 latent frames, 1600145 video frames "
+                                         "of 32x48"),
+    (['args.prompts=["a fish"]', "args.single_prompt_length=100000"],
+     "100000 prompt(s), 299998 window(s), 1200001 latent frames, 4800001 video frames of 32x48"),
+    (["args.overlap_size=0", "args.num_transition_blocks=20000"],
+     "3 prompt(s), 40003 window(s), 520039 latent frames, 2080153 video frames of 32x48"),
+])
+def test_a_run_that_outgrows_the_host_memory_is_refused_with_its_estimate(monkeypatch, capsys, tmp_path, overrides,
+                                                                          estimate):
+    """Counts that multiply windows and frames are bounded by what the machine holds, before any model work and
+    before any list of prompts or windows is built (they grew the run without bound: 4-16 GB within minutes)."""
+    monkeypatch.setattr("ditctrl.run_size.available_host_bytes", lambda: 2**30)
+    for built in ("ditctrl.runs.expand_prompts", "ditctrl.runs.plan_run", "ditctrl.generation.Pipeline"):
+        monkeypatch.setattr(built, _raise(AssertionError(f"{built} reached")))
+    status, line = guarded_long_run(capsys, tmp_path / "out", *overrides)
+    assert status == 2
+    assert re.fullmatch(rf"error: the run needs at least [\d.]+ GiB of host memory \({re.escape(estimate)}\), more "
+                        rf"than the 1\.0 GiB available; {re.escape(GROWING)}", line), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_absurd_count_is_refused_at_once(capsys, tmp_path):
+    """10^15 transition windows: refused from the closed-form estimate, on any machine, in seconds."""
+    start = time.monotonic()
+    status, line = guarded_long_run(capsys, tmp_path / "out", f"args.num_transition_blocks={10**15}")
+    assert status == 2 and line.startswith("error: the run needs at least ") and "2000000000000003 window(s)" in line
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("resource", ["GPU memory", "files"])
+def test_a_run_that_outgrows_the_gpu_or_the_file_system_is_refused(monkeypatch, capsys, tmp_path, resource):
+    if resource == "GPU memory":
+        monkeypatch.setattr("ditctrl.runs.resolve_device", lambda name, full_size: "cuda")
+        monkeypatch.setattr("ditctrl.run_size.gpu_memory", lambda device: 2**30)
+        expected = (r"the run needs at least [\d.]+ GiB of GPU memory besides the models \(3 prompt\(s\), 2003 "
+                    r"window\(s\), 8021 latent frames, 32081 video frames of 32x48\), more than the GPU's 1\.0 GiB")
+        overrides = ["args.num_transition_blocks=1000"]
+    else:
+        monkeypatch.setattr("ditctrl.run_size.free_inodes", lambda folder: 1000)
+        expected = (rf"the run writes 12022 files \(3 prompt\(s\), 1203 window\(s\), 4821 latent frames, 19281 video "
+                    rf"frames of 32x48\), more than the 1000 its output file system \({re.escape(str(tmp_path))}/out\) "
+                    r"can still hold")  # 1202 pairs x 1 step x 5 layers x 2 masks, the video and params.yaml
+        overrides = ["args.num_transition_blocks=600", "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]"]
+    monkeypatch.setattr("ditctrl.generation.Pipeline", _raise(AssertionError("model work started")))
+    status, line = guarded_long_run(capsys, tmp_path / "out", *overrides)
+    assert status == 2
+    assert re.fullmatch(rf"error: {expected}; {re.escape(GROWING)}", line), line
+
+
 def test_long_prompt_cut_is_announced_with_its_token_count(monkeypatch, capsys, rerun_folder):
     monkeypatch.setattr("ditctrl.generation.Pipeline", _raise(KeyboardInterrupt))
     long_prompt = "a red bus drives along a winding mountain road " * 7

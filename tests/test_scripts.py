@@ -14,8 +14,10 @@ import yaml
 
 import sample_video
 import sample_video_edit
-from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, expand_prompts, load_config, parse_cli
+from ditctrl.entry_points import ENTRY_POINTS, plan_run
 from ditctrl.output_files import OutputRun
+from ditctrl.run_size import run_size
 from ditctrl.runs import prepare_run
 from ditctrl.synthetic_folders import ensure_synthetic_checkpoints
 from ditctrl.weights import weight_paths
@@ -306,3 +308,20 @@ def test_earlier_runs_files_left_in_the_folders_are_named_nested_ones_too(tmp_pa
     assert notes == [f"note: the run's folders also hold what earlier runs wrote and this run left as it was "
                      f"({', '.join(shown[:3])} and 1 more); {target / 'params.yaml'} describes this run's files only"]
     assert all((target / name).stat().st_size > 0 for name in ours)  # rewritten by this run
+
+
+def test_the_run_size_estimate_counts_the_files_and_windows_of_a_real_run(tmp_path):
+    """run_size's closed forms against a run: windows and latent frames are its plan's, the file count the files it
+    wrote (the masks of every pair, step and layer, the isolated clips, the video, params.yaml)."""
+    argv = [*BASE, "--custom-config", ROSE, "--tiny", f"args.output_dir={tmp_path / 'rose'}", "args.start_step=1",
+            "model.sampler_config.params.num_steps=2", "args.num_transition_blocks=1", "args.is_run_isolated=True",
+            "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]"]
+    with OutputRun():
+        sample_video.main(argv)
+    cfg = parse_cli(argv)
+    size = run_size(ENTRY_POINTS["sample_video"], cfg, on_gpu=False)
+    layout = plan_run(ENTRY_POINTS["sample_video"], cfg.args, expand_prompts(cfg.args)).layout
+    assert (size.windows, size.latent_frames, size.video_frames) == (layout.num_windows, layout.length,
+                                                                     layout.video_frames) == (5, 29, 113)
+    written = [name for _, _, files in os.walk(tmp_path / "rose") for name in files]
+    assert size.files == len(written) == 4 * 1 * 5 * 2 + 1 + 4 + 1

@@ -491,6 +491,14 @@ def check_dtype_on_device(dtype, device: str) -> None:
                           "kernels; run in float16: args.bf16=False args.fp16=True")
 
 
+def announce_float16_on_the_cpu(args, device: str) -> None:
+    """A note when float16 (args.fp16, 2B's default) computes on the CPU: most CPUs have no float16 arithmetic and
+    emulate it, many times slower than float32 (the tiny config sets fp16: False for this reason)."""
+    if args.fp16 and device == "cpu":
+        say("note: args.fp16 is True but the run computes on the CPU, where float16 is emulated on most CPUs and runs "
+            "many times slower than float32; args.fp16=False computes in float32")
+
+
 FULL_SIZE_PARAMETERS = 10**8  # a DiT this large takes hours per video on a CPU (2B: 1.3e9, 5B: 4.8e9; tiny: 1.5e6)
 
 

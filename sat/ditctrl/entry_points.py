@@ -85,16 +85,17 @@ def plan_run(entry: EntryPoint, args, prompts) -> RunPlan:
     return RunPlan(entry, list(prompts), layout, videos, isolated, frames)
 
 
-def check_run(entry: EntryPoint, cfg, prompts) -> None:
-    """Everything that needs no weights: controllers this entry can run, prompt count, the model's limits."""
+def check_run(entry: EntryPoint, cfg, prompt_count: int) -> None:
+    """Everything that needs no weights: controllers this entry can run, prompt count (after single_prompt_length),
+    the model's limits."""
     args = cfg.args
     for name in args.adaln_mixin_names:
         if name not in entry.controllers:
             hosts = [e.script for e in ENTRY_POINTS.values() if name in e.controllers]
             raise ValueError(f"{entry.script} cannot run {name} (it accepts {', '.join(entry.controllers)}); "
                              f"{name} runs in {' or '.join(hosts)}")
-    if entry.prompt_count is not None and len(prompts) != entry.prompt_count:
-        raise ValueError(f"{entry.script} needs {PROMPT_DESCRIPTIONS[entry.prompt_count]}, got {len(prompts)}")
+    if entry.prompt_count is not None and prompt_count != entry.prompt_count:
+        raise ValueError(f"{entry.script} needs {PROMPT_DESCRIPTIONS[entry.prompt_count]}, got {prompt_count}")
     check_model_fit(cfg)
 
 
