@@ -642,7 +642,7 @@ def gpu_check(options) -> dict:
     write_text(options.out, json.dumps(results, indent=2))
     settings = results["settings"]
     say(f"\ngpu check: {settings['size']} size, {settings['device']}, {settings['dtype']}, "
-          f"{settings['steps']} steps measured, {settings['repeats']} repeats")
+        f"{settings['steps']} steps measured, {settings['repeats']} repeats")
     say("\n".join(lines))
     say(f"{len(failures)} section(s) failed: {sorted(failures)}" if failures else "all sections ran")
     say(f"wrote {options.out}")
@@ -691,8 +691,8 @@ def load_check(options) -> dict:
                   peak_rss_before_load_gib=result["peak_rss_before_bytes"] / GIB,
                   metric="peak RSS of the loading process (imports included)")
     say(f"load check: {result['parameters'] / 1e9:.2f} B parameters from a {result['file_gib']:.2f} GiB file in "
-          f"{result['seconds']:.1f} s ({result['seconds_with_first_read']:.1f} s with every weight read once); peak RSS {result['peak_rss_gib']:.2f} GiB = {result['peak_rss_over_file']:.2f}x "
-          f"the file (target <= {LOAD_RSS_TARGET}; {result['peak_rss_before_load_gib']:.2f} GiB before loading)")
+        f"{result['seconds']:.1f} s ({result['seconds_with_first_read']:.1f} s with every weight read once); peak RSS {result['peak_rss_gib']:.2f} GiB = {result['peak_rss_over_file']:.2f}x "
+        f"the file (target <= {LOAD_RSS_TARGET}; {result['peak_rss_before_load_gib']:.2f} GiB before loading)")
     write_text(options.out, json.dumps({"load_check": result}, indent=2))
     return result
 

@@ -43,8 +43,9 @@ def main(argv=None):
                           overrides=[f"args.load={os.path.abspath(options.output)}"] if options.output else [],
                           require_prompts=False)
         validate_model(cfg)
-        parts = PARTS if options.force else missing_parts(cfg)
-        claim_part_folders(weight_paths(cfg, options.layout), parts)
+        missing = {} if options.force else missing_parts(cfg)
+        parts = PARTS if options.force else list(missing)
+        claim_part_folders(weight_paths(cfg, options.layout), parts, missing)
     if not parts:
         say(f"synthetic checkpoints already present: {weight_paths(cfg)}")
         return

@@ -559,10 +559,32 @@ def test_tiny_never_writes_into_a_real_looking_folder(capsys, tmp_path):
     earlier = snapshot(tmp_path / "real")
     status, line = guarded_edit(capsys, tmp_path / "out", *paths)
     assert status == 2
-    assert line.startswith(f"error: refusing to write random weights into {tmp_path / 'real' / 'vae'}: it holds files "
-                           "the synthetic writer did not write (vae.zip)")
+    vae = tmp_path / "real" / "vae"
+    assert line.startswith(f"error: {vae} lacks 3d-vae.pt; refusing to write random weights into {vae}: it holds "
+                           "files the synthetic writer did not write (vae.zip)")
     assert snapshot(tmp_path / "real") == earlier
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_t5_folder_without_its_tokenizer_is_named_for_what_it_lacks(capsys, tmp_path, tiny_checkpoints):
+    """A copied T5 folder without spiece.model: the refusal says what is missing first (it read as a refusal only)."""
+    shutil.copytree(tiny_checkpoints["t5"], tmp_path / "t5", ignore=shutil.ignore_patterns(".ditctrl-synthetic"))
+    os.remove(tmp_path / "t5" / "spiece.model")
+    status, line = guarded_edit(capsys, tmp_path / "out", f"model.conditioner_config.params.model_dir={tmp_path / 't5'}")
+    assert status == 2
+    assert line.startswith(f"error: {tmp_path / 't5'} lacks spiece.model; refusing to write random weights into "
+                           f"{tmp_path / 't5'}: it holds files the synthetic writer did not write (")
+    assert line.endswith("complete it (README.md, 'Download the weights') or point the config at a new or empty folder")
+
+
+def test_a_refused_part_leaves_no_folder_of_the_other_parts(capsys, tmp_path):
+    """Every part's folder is checked before the first is made: a refused VAE folder leaves no new transformer
+    folder behind."""
+    paths = real_looking_checkpoints(tmp_path / "real")
+    (tmp_path / "new").mkdir()
+    status, line = guarded_edit(capsys, tmp_path / "out", *paths[1:], f"args.load={tmp_path / 'new' / 'transformer'}")
+    assert status == 2 and "refusing to write random weights into" in line
+    assert os.listdir(tmp_path / "new") == [] and not os.path.exists(tmp_path / "out")
 
 
 def test_tiny_never_makes_a_mistyped_folder_outside_sat(capsys, tmp_path):

@@ -325,3 +325,16 @@ def test_the_run_size_estimate_counts_the_files_and_windows_of_a_real_run(tmp_pa
                                                                      layout.video_frames) == (5, 29, 113)
     written = [name for _, _, files in os.walk(tmp_path / "rose") for name in files]
     assert size.files == len(written) == 4 * 1 * 5 * 2 + 1 + 4 + 1
+
+
+@pytest.mark.parametrize("fp16", [True, False])
+def test_float16_on_the_cpu_is_announced(tmp_path, capsys, monkeypatch, fp16):
+    """args.fp16=True computing on the CPU (emulated float16: many times slower) gets one note; float32 none."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with OutputRun():
+        prepare_run("sample_video_edit", [*BASE, "--custom-config", EDIT_CASE, "--tiny", f"args.fp16={fp16}",
+                                          f"args.output_dir={tmp_path}"])
+    notes = [line for line in capsys.readouterr().out.splitlines() if "float16" in line]
+    assert notes == (["note: args.fp16 is True but the run computes on the CPU, where float16 is emulated on most "
+                      "CPUs and runs many times slower than float32; args.fp16=False computes in float32"] if fp16
+                     else [])

@@ -50,8 +50,8 @@ class T5Tokens:
         cut = [(position, count) for position, count in enumerate(counts) if count > self.max_length]
         for position, count in cut:
             say(f"note: prompt {position} has {count} T5 tokens (with </s>) but the text context holds "
-                  f"{self.max_length}; its last {count - self.max_length} tokens are cut: "
-                  f"\"{distinct[position][:40]}...\"")
+                f"{self.max_length}; its last {count - self.max_length} tokens are cut: "
+                f"\"{distinct[position][:40]}...\"")
         return cut
 
     def tokens(self, prompt):
