@@ -256,7 +256,7 @@ def test_a_folder_of_another_text_length_runs_with_its_t5_context(layouts, tmp_p
     shape is taken before any check, T5 is cut to its 64 tokens, and the video is the one of the tiny config that
     says 64 itself (it ended in "internal error (RuntimeError: size 304 vs 142)")."""
     common = ["--custom-config", EDIT_CASE, "--", f"args.load={layouts[0] / 'hf'}",
-              f"model.sampler_config.params.num_steps={STEPS}", "args.start_step=1"]
+              "model.sampler_config.params.num_steps=2", "args.start_step=1"]
     with OutputRun():
         sample_video_edit.main(["--base", MODEL_CONFIG, *common, "args.device=cpu", "args.fp16=False",
                                 f"args.output_dir={tmp_path / 'two_b'}"])

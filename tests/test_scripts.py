@@ -315,16 +315,16 @@ def test_the_run_size_estimate_counts_the_files_and_windows_of_a_real_run(tmp_pa
     wrote (the masks of every pair, step and layer, the isolated clips, the video, params.yaml)."""
     argv = [*BASE, "--custom-config", ROSE, "--tiny", f"args.output_dir={tmp_path / 'rose'}", "args.start_step=1",
             "model.sampler_config.params.num_steps=2", "args.num_transition_blocks=1", "args.is_run_isolated=True",
-            "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]"]
+            "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]", "--prompts", "a red rose", "a white rose"]
     with OutputRun():
         sample_video.main(argv)
     cfg = parse_cli(argv)
     size = run_size(ENTRY_POINTS["sample_video"], cfg, on_gpu=False)
     layout = plan_run(ENTRY_POINTS["sample_video"], cfg.args, expand_prompts(cfg.args)).layout
     assert (size.windows, size.latent_frames, size.video_frames) == (layout.num_windows, layout.length,
-                                                                     layout.video_frames) == (5, 29, 113)
+                                                                     layout.video_frames) == (3, 21, 81)
     written = [name for _, _, files in os.walk(tmp_path / "rose") for name in files]
-    assert size.files == len(written) == 4 * 1 * 5 * 2 + 1 + 4 + 1
+    assert size.files == len(written) == 2 * 1 * 5 * 2 + 1 + 3 + 1  # pairs x steps x layers x 2 masks, the videos
 
 
 @pytest.mark.parametrize("fp16", [True, False])
