@@ -57,6 +57,7 @@ from ditctrl.attention import AttentionController, ControlSchedule, KVSharing, M
 from ditctrl.attention.kernels import BACKENDS, available_backends, pinned_backend  # noqa: E402
 from ditctrl.checkpoints import read_transformer_state_dict, transformer_file  # noqa: E402
 from ditctrl.config import CONFIG_DIR, load_config, resolve_device, tiny_config_for  # noqa: E402
+from ditctrl.console import say  # noqa: E402
 from ditctrl.distributed import Ranks, distributed_run  # noqa: E402
 from ditctrl.dit import DiffusionTransformer  # noqa: E402
 from ditctrl.errors import guarded  # noqa: E402
@@ -612,7 +613,7 @@ def gpu_check(options) -> dict:
     def section(name, call):
         if name in options.skip:
             return
-        print(f"gpu-check {name} ...", flush=True)
+        say(f"gpu-check {name} ...")
         try:
             results[name], section_lines = call()
             lines.extend(section_lines)
@@ -641,11 +642,11 @@ def gpu_check(options) -> dict:
             section("rose_compiled", lambda: compiled_rose_section(bench, results))
     write_text(options.out, json.dumps(results, indent=2))
     settings = results["settings"]
-    print(f"\ngpu check: {settings['size']} size, {settings['device']}, {settings['dtype']}, "
-          f"{settings['steps']} steps measured, {settings['repeats']} repeats")
-    print("\n".join(lines))
-    print(f"{len(failures)} section(s) failed: {sorted(failures)}" if failures else "all sections ran")
-    print(f"wrote {options.out}")
+    say(f"\ngpu check: {settings['size']} size, {settings['device']}, {settings['dtype']}, "
+        f"{settings['steps']} steps measured, {settings['repeats']} repeats")
+    say("\n".join(lines))
+    say(f"{len(failures)} section(s) failed: {sorted(failures)}" if failures else "all sections ran")
+    say(f"wrote {options.out}")
     return results
 
 
@@ -678,7 +679,7 @@ def load_check(options) -> dict:
     network = OmegaConf.to_container(cfg.model.network_config.params)
     folder = weight_paths(cfg)["transformer"]
     if not os.path.isfile(os.path.join(folder, "latest")):
-        print(f"writing a random-weight fp16 transformer checkpoint to {folder} (once; later runs reuse it)")
+        say(f"writing a random-weight fp16 transformer checkpoint to {folder} (once; later runs reuse it)")
         dit = build_random(DiffusionTransformer, {**network, "skip_init": True}, "cpu", torch.float16, seed=0)
         write_transformer_checkpoint(dit.state_dict(), folder)
         del dit
@@ -690,9 +691,9 @@ def load_check(options) -> dict:
                   peak_rss_over_file=result["peak_rss_bytes"] / file_bytes, target=LOAD_RSS_TARGET,
                   peak_rss_before_load_gib=result["peak_rss_before_bytes"] / GIB,
                   metric="peak RSS of the loading process (imports included)")
-    print(f"load check: {result['parameters'] / 1e9:.2f} B parameters from a {result['file_gib']:.2f} GiB file in "
-          f"{result['seconds']:.1f} s ({result['seconds_with_first_read']:.1f} s with every weight read once); peak RSS {result['peak_rss_gib']:.2f} GiB = {result['peak_rss_over_file']:.2f}x "
-          f"the file (target <= {LOAD_RSS_TARGET}; {result['peak_rss_before_load_gib']:.2f} GiB before loading)")
+    say(f"load check: {result['parameters'] / 1e9:.2f} B parameters from a {result['file_gib']:.2f} GiB file in "
+        f"{result['seconds']:.1f} s ({result['seconds_with_first_read']:.1f} s with every weight read once); peak RSS {result['peak_rss_gib']:.2f} GiB = {result['peak_rss_over_file']:.2f}x "
+        f"the file (target <= {LOAD_RSS_TARGET}; {result['peak_rss_before_load_gib']:.2f} GiB before loading)")
     write_text(options.out, json.dumps({"load_check": result}, indent=2))
     return result
 
@@ -786,14 +787,14 @@ def main(argv=None) -> dict:
         bench = Benchmark(cfg, options.device, options.repeats)
         for section in SECTIONS:
             if section not in options.skip:
-                print(f"benchmarking {section} ...")
+                say(f"benchmarking {section} ...")
                 results[section], section_lines = getattr(bench, section)()
                 lines += section_lines
     write_text(options.out, json.dumps(results, indent=2))
     settings = results["settings"]
-    print(f"\n{settings['size']} size, {settings['device']}, {settings['dtype']}, {settings['steps']} steps")
-    print("\n".join(lines))
-    print(f"wrote {options.out}")
+    say(f"\n{settings['size']} size, {settings['device']}, {settings['dtype']}, {settings['steps']} steps")
+    say("\n".join(lines))
+    say(f"wrote {options.out}")
     return results
 
 

@@ -13,14 +13,19 @@ with the first nonzero status in rank order (0 when every rank succeeded). A ran
 while others keep running (they did not notice) gives them GRACE_S seconds to end, then they are stopped (SIGTERM,
 then SIGKILL after GRACE_S more); a rank that ended by a signal is reported here in one line, status 1. SIGINT and
 SIGTERM are forwarded to the ranks and end the launcher with 130 / 143, as the entry scripts end (errors.guarded).
-Imports torch only to count the CUDA devices: N above that count is refused before any rank starts (status 2).
+Imports torch only to count the CUDA devices: N above that count (on a machine without CUDA: above the CPU cores
+this process may use, one gloo rank per core) is refused before any rank starts (status 2). When a rank cannot be
+started (the system refuses another process), the ranks already started are stopped and one line says so (status 1).
 """
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+
+from ditctrl.console import say
 
 GRACE_S = 10.0  # how long the other ranks may take to end after one failed, or to stop after a signal
 POLL_S = 0.05
@@ -49,7 +54,7 @@ def job_status(statuses: list) -> int:
     for rank, status in enumerate(statuses):
         if status is not None and status < 0:
             name = signal.strsignal(-status) or "unknown"
-            print(f"error: rank {rank} ended by signal {-status} ({name}); the job ended with it", file=sys.stderr)
+            say(f"error: rank {rank} ended by signal {-status} ({name}); the job ended with it", file=sys.stderr)
             return 1
     return next((status for status in statuses if status), 0)
 
@@ -67,6 +72,14 @@ def stop(ranks: list) -> None:
             rank.wait()
 
 
+def rank_limit() -> tuple[int, str]:
+    """The most ranks this machine runs and what bounds them: its CUDA devices, or without any its CPU cores."""
+    import torch
+
+    devices = torch.cuda.device_count()
+    return (devices, "CUDA devices") if devices else (len(os.sched_getaffinity(0)), "CPU cores")
+
+
 def run_ranks(command: list, size: int) -> int:
     """Run `size` ranks of `command` (an argv) to their end; the job's exit status (see the module docstring)."""
     port, ranks, received = free_port(), [], []
@@ -80,8 +93,14 @@ def run_ranks(command: list, size: int) -> int:
     previous = {number: signal.signal(number, forward) for number in FORWARDED}
     try:
         for rank in range(size):  # a session (and process group) of its own, without the terminal: no stdin
-            ranks.append(subprocess.Popen(command, env=rank_environment(rank, size, port), stdin=subprocess.DEVNULL,
-                                          start_new_session=True))
+            try:
+                ranks.append(subprocess.Popen(command, env=rank_environment(rank, size, port),
+                                              stdin=subprocess.DEVNULL, start_new_session=True))
+            except OSError as error:  # e.g. BlockingIOError: the system allows no more processes
+                stop(ranks)
+                say(f"error: rank {rank} of {size} could not be started ({error.strerror or error}); the {len(ranks)} "
+                    "ranks already started were stopped", file=sys.stderr)
+                return 1
             if received:  # a signal came while the ranks started: the new one gets it too
                 ranks[-1].send_signal(received[0])
         deadline = None
@@ -102,17 +121,15 @@ def run_ranks(command: list, size: int) -> int:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
-        print("error: usage: python sat/launch_ranks.py N SCRIPT [ARGUMENTS ...] with N >= 1", file=sys.stderr)
+    count = argv[0].lstrip("0") if argv else ""
+    if len(argv) < 2 or not re.fullmatch("[0-9]+", count):
+        say("error: usage: python sat/launch_ranks.py N SCRIPT [ARGUMENTS ...] with N >= 1", file=sys.stderr)
         sys.exit(2)
-    size = int(argv[0])
-    import torch
-    devices = torch.cuda.device_count()
-    if devices and size > devices:
-        print(f"error: --gpus {size} asks for more ranks than this machine has CUDA devices ({devices})",
-              file=sys.stderr)
+    limit, bound = rank_limit()
+    if len(count) > len(str(limit)) or int(count) > limit:  # by length first: int() refuses 4300 digits or more
+        say(f"error: --gpus {count} asks for more ranks than this machine has {bound} ({limit})", file=sys.stderr)
         sys.exit(2)
-    sys.exit(run_ranks([sys.executable, *argv[1:]], size))
+    sys.exit(run_ranks([sys.executable, *argv[1:]], int(count)))
 
 
 if __name__ == "__main__":

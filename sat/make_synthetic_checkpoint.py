@@ -19,6 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ditctrl.config import MODEL_CONFIG, load_config, tiny_config_for, validate_model  # noqa: E402
+from ditctrl.console import say  # noqa: E402
 from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.weights import weight_paths  # noqa: E402
 from ditctrl.runs import user_errors  # noqa: E402
@@ -43,13 +44,14 @@ def main(argv=None):
                           overrides=[f"args.load={os.path.abspath(options.output)}"] if options.output else [],
                           require_prompts=False)
         validate_model(cfg)
-        parts = PARTS if options.force else missing_parts(cfg)
-        claim_part_folders(weight_paths(cfg, options.layout), parts)
+        missing = {} if options.force else missing_parts(cfg)
+        parts = PARTS if options.force else list(missing)
+        claim_part_folders(weight_paths(cfg, options.layout), parts, missing)
     if not parts:
-        print(f"synthetic checkpoints already present: {weight_paths(cfg)}")
+        say(f"synthetic checkpoints already present: {weight_paths(cfg)}")
         return
     for name, path in write_synthetic_checkpoints(cfg, options.device, options.seed, parts, options.layout).items():
-        print(f"wrote random-weight {name}: {path}")
+        say(f"wrote random-weight {name}: {path}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ditctrl.config import MODEL_CONFIG, load_config, tiny_config_for  # noqa: E402
+from ditctrl.console import say  # noqa: E402
 from ditctrl.errors import guarded  # noqa: E402
 from ditctrl.runs import user_errors  # noqa: E402
 
@@ -40,9 +41,9 @@ def main(argv=None):
         from ditctrl.text_encoder import T5Tokens
         tokens = T5Tokens(folder, cfg.model.conditioner_config.params.max_length)
     for p, prompt in enumerate(options.prompt):
-        print(f"prompt {p}: {prompt}")
+        say(f"prompt {p}: {prompt}")
         for index, piece in tokens.tokens(prompt):
-            print(f"  {index:4d}  {piece}")
+            say(f"  {index:4d}  {piece}")
 
 
 if __name__ == "__main__":

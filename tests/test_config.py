@@ -229,6 +229,87 @@ def test_missing_or_malformed_files_are_named(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("args: [unclosed\n")
     assert error_of(load_config, [str(broken)]).startswith(f"cannot parse {broken}: ")
+    assert error_of(load_config, [], str(tmp_path)) == f"{tmp_path} is a folder, not a config file"
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\x00\x01\xff\xfe")
+    assert error_of(load_config, [str(binary)]) == (
+        f"cannot parse {binary}: not a UTF-8 text file ('utf-8' codec can't decode byte 0xff in position 2: invalid "
+        "start byte)")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("args:\n  seed: 1\n  seed: 2\n", "line 3, column 3: found duplicate key seed (while constructing a mapping from "
+                                      "line 2)"),
+    ("args:\n  seed: [1\n  fp16: true\n", "line 3, column 7: did not find expected ',' or ']' (while parsing a "
+                                          "flow sequence from line 2)"),
+    ("args:\n\tseed: 1\n", "line 2, column 1: found character that cannot start any token (while scanning for the "
+                          "next token from line 2)"),
+    ("args:\n  seed: \"7\n", "line 3, column 1: found unexpected end of stream (while scanning a quoted scalar from "
+                            "line 2)"),
+    ("args:\n  a\x00: 1\n", "character 10: unacceptable character #x0000: control characters are not allowed"),
+])
+def test_a_yaml_error_is_one_line_with_its_place_and_cause(tmp_path, text, problem):
+    case = tmp_path / "case.yaml"
+    case.write_text(text)
+    assert error_of(load_config, [], str(case)) == f"cannot parse {case}: {problem}"
+
+
+def test_an_override_yaml_error_gives_its_column_and_cause():
+    assert error_of(load_config, [], None, [ONE_PROMPT, "args.layer_idx={a: 1, a: 2}"]) == (
+        "cannot parse the command line overrides: line 1, column 8: found duplicate key a (while constructing a "
+        "mapping from line 1)")
+
+
+@pytest.mark.parametrize("source, message", [
+    ("override", "the command line override 'args.output_dir=out\\nrun' holds a line break, which YAML reads as a "
+                 "space; remove it (a prompt with line breaks goes after --prompts)"),
+    ("case", "args.output_dir must be a path (a string without line breaks or other control characters), got "
+             "'out\\nrun' (str) in {case}"),
+    ("load null", "args.load must be a path (a string without line breaks or other control characters), got None "
+                  "(NoneType) in command line"),
+    ("vae path", "model.first_stage_config.ckpt_path must be a path (a string without line breaks or other control "
+                 "characters), got 'vae\\t.pt' (str)"),
+])
+def test_a_path_with_a_line_break_or_no_path_is_refused(tmp_path, source, message):
+    """YAML folds a line break in a command-line value into a space (another folder than the one typed); a path
+    that holds one in a file, or a null args.load (it ended in TypeError from expanduser(None)), is refused."""
+    case = write_yaml(tmp_path, "case.yaml", {"args": {"output_dir": "out\nrun"}})
+    if source == "override":
+        call = (load_config, [], None, [ONE_PROMPT, "args.output_dir=out\nrun"])
+    elif source == "case":
+        call = (load_config, [], case, [ONE_PROMPT])
+    elif source == "load null":
+        call = (load_config, [], None, [ONE_PROMPT, "args.load=null"])
+    else:
+        cfg = load_config([config.MODEL_CONFIG], None, [ONE_PROMPT, 'model.first_stage_config.ckpt_path="vae\\t.pt"'])
+        call = (config.validate_model, cfg)
+    assert error_of(*call) == message.format(case=case)
+
+
+def test_a_prompt_s_line_breaks_never_reach_a_file_name():
+    args = load_config([], None, [ONE_PROMPT, "args.is_run_isolated=true"]).args
+    clip = plan_run(ENTRY_POINTS["sample_video"], args, ["a cat\non a\tsofa\x07", "a dog"]).isolated[0]
+    assert clip == "isolated/0_a_cat_on_a_sofa_frames49.mp4"
+
+
+def test_tiny_config_in_a_case_file_or_override_is_refused(tmp_path):
+    """Only the --base files' model.tiny_config chooses what --tiny adds: set anywhere else it would do nothing."""
+    case = write_yaml(tmp_path, "case.yaml", {"model": {"tiny_config": "other.yaml"}, "args": {"prompts": ["p"]}})
+    for call in ((config.MODEL_CONFIG,), case), ((config.MODEL_CONFIG,), None, ["model.tiny_config=other.yaml", ONE_PROMPT]):
+        source = case if call[1] else "command line"
+        assert error_of(load_config, list(call[0]), *call[1:]) == (
+            f"model.tiny_config in {source} has no effect: --tiny adds the tiny config the --base files name; to use "
+            "another one, give it as the last --base file instead of --tiny")
+
+
+@pytest.mark.parametrize("argv", [["--custom-config", "a.yaml", "--custom-config", "b.yaml"],
+                                  ["--base", "a.yaml", "--base", "b.yaml"], ["--prompts", "a", "--prompts", "b"]])
+def test_an_option_given_twice_is_refused(capsys, argv):
+    with pytest.raises(SystemExit) as stop:
+        parse_cli(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: {argv[-2]} given twice: the second would replace the first; give it once")
 
 
 def test_single_prompt_expansion_repeats_the_prompt_and_keeps_the_config():
@@ -318,7 +399,8 @@ def test_output_dir_that_cannot_be_created_is_named(tmp_path):
     regular_file = tmp_path / "file"
     regular_file.write_text("")
     output_dir = str(regular_file / "out")
-    assert error_of(prepare_output_dir, output_dir, []) == f"output_dir '{output_dir}' is not writable: Not a directory"
+    assert error_of(prepare_output_dir, output_dir, []) == (
+        f"args.output_dir '{output_dir}' is not writable: Not a directory")
 
 
 def test_output_dir_is_created_and_existing_files_reported(tmp_path):
@@ -412,7 +494,7 @@ def test_a_case_with_every_key_of_the_original_runs_with_one_note(tmp_path):
     cfg = load_config([config.MODEL_CONFIG, config.TINY_MODEL_CONFIG], case)
     assert cfg.args.device == "auto"  # the original's -1
     entry = ENTRY_POINTS["sample_video"]
-    check_run(entry, cfg, expand_prompts(cfg.args))
+    check_run(entry, cfg, len(expand_prompts(cfg.args)))
     assert plan_run(entry, cfg.args, expand_prompts(cfg.args)).files == ["MultiPrompt_frames97.mp4"]
     note = config.original_keys_note(cfg.args)
     assert note.startswith("note: keys of the original DiTCtrl without effect here: ") and "\n" not in note
@@ -458,10 +540,10 @@ def test_is_edit_is_refused_only_where_the_original_did_not_count_the_true_steps
     cfg = load_config([config.MODEL_CONFIG, config.TINY_MODEL_CONFIG], None,
                       [f"args.prompts={['a cat on a sofa'] * prompts}", *overrides])
     if refused is None:
-        check_run(ENTRY_POINTS[script], cfg, expand_prompts(cfg.args))
+        check_run(ENTRY_POINTS[script], cfg, len(expand_prompts(cfg.args)))
         return
     with pytest.raises(ValueError) as error:
-        check_run(ENTRY_POINTS[script], cfg, expand_prompts(cfg.args))
+        check_run(ENTRY_POINTS[script], cfg, len(expand_prompts(cfg.args)))
     assert refused in str(error.value) and str(error.value).endswith(
         f"set is_edit: {'False' if script == 'sample_video' else 'True'} or delete it")
 

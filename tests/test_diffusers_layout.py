@@ -13,30 +13,36 @@ from safetensors.torch import load_file, save_file
 from transformers import T5EncoderModel, T5Tokenizer
 
 import sample_video
+import sample_video_edit
 from diffusers_transformer_reference import sat_to_diffusers
 from diffusers_vae_reference import diffusers_vae_from_sat
 from ditctrl.attention import build_controller
 from ditctrl.checkpoints import MissingCheckpointError, read_transformer_state_dict, read_vae_state_dict
-from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config, parse_run_cli, validate_model
 from ditctrl.diffusers_layout import TRANSFORMER_NAMES, VAE_NAMES, NameMap
 from ditctrl.generation import encode_prompt_sets, sample_clip, sample_long
 from ditctrl.multi_prompt import long_noise
+from ditctrl.output_files import OutputRun
 from ditctrl.pipeline import Pipeline
 from ditctrl.weight_shapes import check_weight_shapes
-from ditctrl.weights import check_weight_files, weight_paths
+from ditctrl.weights import check_weight_files, resolve_model, weight_paths
 from ditctrl.segment_layout import segment_layout
 from ditctrl.synthetic_checkpoint import write_synthetic_checkpoints
 
 STEPS = 3
+EDIT_CASE = os.path.join(os.path.dirname(os.path.dirname(MODEL_CONFIG)), "inference_case_configs", "edit",
+                         "bus_truck.yaml")
 PROMPTS = ["a red car on a street", "a blue car on a street"]
 
 
-def check_weights(cfg) -> dict:
-    """The checks a run makes before model work: every file there (a diffusers folder's configs taken into
-    `cfg.model`), then every tensor's name and shape; returns the weight paths."""
+def check_weights(cfg) -> tuple:
+    """The checks a run makes before model work: a diffusers folder's configs taken into the model and checked,
+    every file there, then every tensor's name and shape; returns the run's config and the weight paths."""
+    cfg, origins = resolve_model(cfg)
+    validate_model(cfg, origins)
     paths = check_weight_files(cfg)
     check_weight_shapes(cfg, paths)
-    return paths
+    return cfg, paths
 
 
 def tiny_config(load, sat_folder):
@@ -77,7 +83,7 @@ def layouts(tmp_path_factory):
     sat_cfg = tiny_config(root / "sat" / "transformer", root / "sat")
     write_synthetic_checkpoints(sat_cfg)
     save_with_diffusers(sat_cfg, root / "hf")
-    return root, sat_cfg, tiny_config(root / "hf", root / "sat")
+    return root, sat_cfg, check_weights(tiny_config(root / "hf", root / "sat"))[0]
 
 
 def test_pipeline_save_pretrained_shards_the_parts(layouts):
@@ -94,10 +100,9 @@ def test_folder_configs_give_the_model_shape_of_the_sat_config(layouts):
     _, sat_cfg, hf_cfg = layouts
     wrong = {"network_config": {"params": {"num_layers": 1, "hidden_size": 8}}, "scale_factor": 9.0,
              "first_stage_config": {"params": {"ch": 7}}, "sampler_config": {"params": {"shift_scale": 7.0}}}
-    cfg = OmegaConf.merge(hf_cfg, {"model": wrong})
-    paths = check_weights(cfg)
+    cfg, paths = check_weights(OmegaConf.merge(hf_cfg, {"model": wrong}))
     assert paths["layout"] == "diffusers"
-    assert check_weights(sat_cfg)["layout"] == "sat"
+    assert check_weights(sat_cfg)[1]["layout"] == "sat"
     for section in ("network_config", "first_stage_config", "sampler_config"):
         assert OmegaConf.to_container(cfg.model[section]) == OmegaConf.to_container(sat_cfg.model[section])
     assert cfg.model.scale_factor == sat_cfg.model.scale_factor
@@ -152,7 +157,6 @@ def edit_latent(cfg):
 def test_diffusers_folder_gives_bitwise_the_sat_latents(layouts, run):
     _, sat_cfg, hf_cfg = layouts
     check_weights(sat_cfg)
-    check_weights(hf_cfg)
     want, got = run(sat_cfg), run(hf_cfg)
     assert want.abs().max() > 0.1
     assert torch.equal(got, want)
@@ -181,6 +185,114 @@ def test_unsupported_models_are_refused_naming_the_file(layouts, tmp_path, part,
     with pytest.raises(ValueError, match=re.escape(f"{folder / part}: ") + ".*" + re.escape(message)) as error:
         check_weights(cfg)
     assert "supported: CogVideoX-2b and CogVideoX-5b text-to-video" in str(error.value)
+
+
+def write_json(path, content):
+    path.write_text(json.dumps(content))
+
+
+def _set(part, **changes):
+    return lambda folder: (folder / part, edit_json(folder / part, **changes))
+
+
+def _replace(part, content):
+    return lambda folder: (folder / part, write_json(folder / part, content))
+
+
+def _shard_index_of_numbers(folder):
+    index = folder / "transformer" / "diffusion_pytorch_model.safetensors.index.json"
+    content = json.loads(index.read_text())
+    write_json(index, {**content, "weight_map": {name: 1 for name in content["weight_map"]}})
+    return index, None
+
+
+TRANSFORMER, VAE, SCHEDULER = "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json"
+FOLDER_FAULTS = {  # a damage to a copy of the folder -> the message after "<file>: "
+    "num_layers a string": (_set(TRANSFORMER, num_layers="30"), "num_layers must be an int > 0, got '30' (str)"),
+    "num_layers a float": (_set(TRANSFORMER, num_layers=30.0), "num_layers must be an int > 0, got 30.0 (float)"),
+    "num_layers zero": (_set(TRANSFORMER, num_layers=0), "num_layers must be an int > 0, got 0 (int)"),
+    "num_layers -1": (_set(TRANSFORMER, num_layers=-1), "num_layers must be an int > 0, got -1 (int)"),
+    "num_layers null": (_set(TRANSFORMER, num_layers=None), "num_layers must be an int > 0, got None (NoneType)"),
+    "num_layers a list": (_set(TRANSFORMER, num_layers=[30]), "num_layers must be an int > 0, got [30] (list)"),
+    "text length a string": (_set(TRANSFORMER, max_text_seq_length="64"),
+                             "max_text_seq_length must be an int > 0, got '64' (str)"),
+    "head dim a float": (_set(TRANSFORMER, attention_head_dim=32.5),
+                         "attention_head_dim must be an int > 0, got 32.5 (float)"),
+    "rotary a string": (_set(TRANSFORMER, use_rotary_positional_embeddings="no"),
+                        "use_rotary_positional_embeddings must be a bool, got 'no' (str)"),
+    "grid not of whole patches": (_set(TRANSFORMER, sample_height=5),
+                                  f"sample_height (5) must be a multiple of {{folder}}/{TRANSFORMER}: patch_size (2)"),
+    "VAE widths a number": (_set(VAE, block_out_channels=32),
+                            "block_out_channels must be a non-empty list of ints > 0, got 32 (int)"),
+    "VAE widths with a string": (_set(VAE, block_out_channels=[32, "64"]),
+                                 "block_out_channels must be a non-empty list of ints > 0, got [32, '64'] (list)"),
+    "VAE levels zero": (_set(VAE, layers_per_block=0), "layers_per_block must be an int > 0, got 0 (int)"),
+    "scaling factor a string": (_set(VAE, scaling_factor="big"),
+                                "scaling_factor must be a number > 0, got 'big' (str)"),
+    "SNR shift a string": (_set(SCHEDULER, snr_shift_scale="three"),
+                           "snr_shift_scale must be a number > 0, got 'three' (str)"),
+    "model index a list": (_replace("model_index.json", []), "holds a JSON list, not the object (mapping) of a "
+                                                            "config or index file; download it again"),
+    "transformer config a string": (_replace(TRANSFORMER, "x"), "holds a JSON str, not the object (mapping)"),
+    "shard index of numbers": (_shard_index_of_numbers, "not a safetensors index with a 'weight_map' of tensor "
+                                                        "names to shard file names"),
+}
+
+
+@pytest.mark.parametrize("fault", FOLDER_FAULTS)
+def test_a_folder_value_of_the_wrong_type_or_range_is_refused_naming_its_file_and_field(layouts, tmp_path, fault):
+    """The folder's values pass the config's own rules before any model work; the message blames the folder's file
+    and field (a folder with num_layers -1 was reported as "args.start_layer contains 25; allowed: 0..-2")."""
+    damage, message = FOLDER_FAULTS[fault]
+    folder, cfg = broken_copy(layouts, tmp_path)
+    path, _ = damage(folder)
+    with pytest.raises(ValueError) as error:
+        check_weights(cfg)
+    assert str(error.value).startswith(f"{path}: {message.format(folder=folder)}"), str(error.value)
+
+
+def test_a_folder_of_another_text_length_runs_with_its_t5_context(layouts, tmp_path):
+    """The 2B config (text length and T5 context 226) on a folder whose transformer has 64 text tokens: the folder's
+    shape is taken before any check, T5 is cut to its 64 tokens, and the video is the one of the tiny config that
+    says 64 itself (it ended in "internal error (RuntimeError: size 304 vs 142)")."""
+    common = ["--custom-config", EDIT_CASE, "--", f"args.load={layouts[0] / 'hf'}",
+              "model.sampler_config.params.num_steps=2", "args.start_step=1"]
+    with OutputRun():
+        sample_video_edit.main(["--base", MODEL_CONFIG, *common, "args.device=cpu", "args.fp16=False",
+                                f"args.output_dir={tmp_path / 'two_b'}"])
+    with OutputRun():
+        sample_video_edit.main(["--base", MODEL_CONFIG, TINY_MODEL_CONFIG, *common, f"args.output_dir={tmp_path / 'tiny'}"])
+    resolved = OmegaConf.load(tmp_path / "two_b" / "params.yaml").model
+    assert resolved.conditioner_config.params.max_length == resolved.network_config.params.text_length == 64
+    video = "editing_frames49.mp4"
+    assert (tmp_path / "two_b" / video).read_bytes() == (tmp_path / "tiny" / video).read_bytes()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("model.network_config.params.num_layers=20", "model.network_config.params.num_layers = 20 (case file or command "
+     "line) has no effect: the diffusers folder sets it ({folder}/transformer/config.json: num_layers = 30); remove "
+     "the setting"),
+    ("model.conditioner_config.params.max_length=226", "model.conditioner_config.params.max_length = 226 (case file or "
+     "command line) has no effect: the diffusers folder sets it ({folder}/transformer/config.json: "
+     "max_text_seq_length = 64); remove the setting"),
+    ("model.first_stage_config.ckpt_path=vae/3d-vae.pt", "model.first_stage_config.ckpt_path = vae/3d-vae.pt (case "
+     "file or command line) has no effect: the diffusers folder {folder} brings its own VAE and T5; remove the "
+     "setting"),
+])
+def test_a_model_setting_the_folder_replaces_is_refused(layouts, tmp_path, capsys, setting, message):
+    folder = layouts[0] / "hf"
+    with pytest.raises(SystemExit) as stop:
+        sample_video.main(["--base", MODEL_CONFIG, "--prompts", "a cat", "--", f"args.load={folder}", setting,
+                           f"args.output_dir={tmp_path / 'out'}"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: {message.format(folder=folder)}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_setting_equal_to_the_folder_s_is_accepted(layouts):
+    cfg, tiny, requested = parse_run_cli(["--base", MODEL_CONFIG, "--prompts", "a cat", "--",
+                                          f"args.load={layouts[0] / 'hf'}", "model.network_config.params.num_layers=30"])
+    assert resolve_model(cfg, requested)[0].model.network_config.params.num_layers == 30
 
 
 def test_missing_shard_is_named(layouts, tmp_path):
@@ -223,8 +335,9 @@ def test_writer_writes_a_5b_diffusers_folder_that_diffusers_and_the_sat_layout_a
     write_synthetic_checkpoints(sat_cfg)
     declared = OmegaConf.to_container(hf_cfg.model)
 
-    assert check_weights(hf_cfg)["layout"] == "diffusers"
-    assert OmegaConf.to_container(hf_cfg.model) == declared  # the folder's configs say what the config says
+    checked, paths = check_weights(hf_cfg)
+    assert paths["layout"] == "diffusers"
+    assert OmegaConf.to_container(checked.model) == declared  # the folder's configs say what the config says
     assert len(list((tmp_path / "hf" / "transformer").glob("*.safetensors"))) > 1
     sat = read_transformer_state_dict(tmp_path / "sat" / "transformer")
     transformer = CogVideoXTransformer3DModel.from_pretrained(tmp_path / "hf" / "transformer")
@@ -243,7 +356,7 @@ def test_writer_writes_a_5b_diffusers_folder_that_diffusers_and_the_sat_layout_a
     with pytest.raises(ValueError, match=re.escape(
             f"{tmp_path}/hf holds a CogVideoX-5B-type model (rotary position embedding: True) but the run is "
             "configured for CogVideoX-2b; run with --model 5b")):
-        check_weight_files(two_b)  # else 5B would run with 2B's fp16 and controlled layers 25-29
+        resolve_model(two_b)  # else 5B would run with 2B's fp16 and controlled layers 25-29
 
 
 def test_a_2b_folder_under_the_5b_config_is_refused(layouts):
@@ -253,7 +366,7 @@ def test_a_2b_folder_under_the_5b_config_is_refused(layouts):
     with pytest.raises(ValueError, match=re.escape(
             f"{layouts[0]}/hf holds a CogVideoX-2B-type model (rotary position embedding: False) but the run is "
             "configured for CogVideoX-5b; run with --model 2b")):
-        check_weight_files(five_b)
+        resolve_model(five_b)
 
 
 def test_entry_script_refuses_an_image_to_video_folder_before_model_work(layouts, tmp_path, capsys):

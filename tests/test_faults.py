@@ -8,7 +8,9 @@ goes into a copy of one finished run's folder, and must leave it byte for byte a
 import errno
 import gc
 import hashlib
+import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -212,12 +214,65 @@ def tiny_tmpfs(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_real_full_disk(capsys, tiny_tmpfs):
-    status, line = guarded_edit(capsys, tiny_tmpfs / "out")
-    assert status == 1
-    assert line.startswith(f"error: cannot write {tiny_tmpfs / 'out'}/editing_") and line.endswith(
-        "; no output of this run was kept; earlier outputs are unchanged")
-    assert os.listdir(tiny_tmpfs / "out") == []  # no partial file, no lock
+def test_real_full_disk(capfd, tiny_tmpfs):
+    """ffmpeg's own cause is the message (it was "the video does not read back (FFMPEG call failed with 183:)"), and
+    nothing ffmpeg printed reaches the terminal: the one line is all of stderr's run lines."""
+    with pytest.raises(SystemExit) as stop:
+        guarded(run_entry, "sample_video_edit", edit_argv(tiny_tmpfs / "out"))
+    assert stop.value.code == 1
+    err = capfd.readouterr().err
+    assert " @ 0x" not in err  # ffmpeg's tagged lines ("[out#0/mp4 @ 0x55…] Error closing file: …")
+    lines = [line for line in err.splitlines() if "No space left" in line]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"error: cannot write {tiny_tmpfs / 'out'}/editing_\w+\.mp4: No space left on device \(ffmpeg could not "
+        r"finish the video\); no output of this run was kept; earlier outputs are unchanged", lines[0]), lines
+    assert os.listdir(tiny_tmpfs) == []  # no partial file, no lock, not even the folder the run made
+
+
+def _writer_running_out_of_space(get_writer, at_frame=None):
+    """imageio.get_writer whose ffmpeg prints ffmpeg's full-disk lines on the process's stderr (as the real one, which
+    inherits it) and stops: with a broken pipe at frame `at_frame`, else by leaving a truncated file at close."""
+    def patched(path, *args, **kwargs):
+        writer = get_writer(path, *args, **kwargs)
+        append, close = writer.append_data, writer.close
+
+        def append_data(frame):
+            if len(appended) == at_frame:
+                os.write(2, b"[vost#0:0/libx264 @ 0x55d] Error submitting a packet to the muxer: No space left on "
+                            b"device\n")
+                raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+            appended.append(1)
+            append(frame)
+
+        def close_truncated():
+            close()
+            os.truncate(path, 100)
+            os.write(2, b"[out#0/mp4 @ 0x55c] Error writing trailer: No space left on device\n"
+                        b"[out#0/mp4 @ 0x55c] Error closing file: No space left on device\n")
+        appended = []
+        writer.append_data, writer.close = append_data, close if at_frame is not None else close_truncated
+        return writer
+    return patched
+
+
+@pytest.mark.parametrize("at_frame", [None, 10], ids=["at close", "while writing"])
+def test_a_full_disk_seen_by_ffmpeg_is_named(monkeypatch, capsys, earlier_run, rerun_folder, at_frame):
+    monkeypatch.setattr(video_io.imageio, "get_writer", _writer_running_out_of_space(video_io.imageio.get_writer,
+                                                                                     at_frame))
+    status, line = guarded_edit(capsys, rerun_folder, "args.seed=7")
+    assert (status, line) == (1, f"error: cannot write {rerun_folder / OUTPUTS[0]}: No space left on device (ffmpeg "
+                                 "could not finish the video); no output of this run was kept; earlier outputs are "
+                                 "unchanged")
+    assert_untouched(rerun_folder, earlier_run[1])
+
+
+def test_ffmpeg_cause_is_its_os_error_or_its_last_line():
+    reading = ("FFMPEG call failed with 183:\nffmpeg version n9.0.2\n  libavutil 61\n[in#0 @ 0x55c] moov atom not "
+               "found\nError opening input files: Invalid data found when processing input\n")
+    assert video_io.ffmpeg_cause(reading) == "Error opening input files: Invalid data found when processing input"
+    assert video_io.ffmpeg_cause("[out#0/mp4 @ 0x5] Error closing file: Disk quota exceeded\n") == "Disk quota exceeded"
+    assert video_io.ffmpeg_cause("[out#0/mp4 @ 0x5] Task finished\n\n") == "Task finished"
+    assert video_io.ffmpeg_cause("") is None
 
 
 def test_internal_error_is_one_line_with_the_log(monkeypatch, capsys, earlier_run, rerun_folder):
@@ -284,7 +339,8 @@ def test_second_run_into_a_busy_folder_is_refused_naming_the_first(capsys, rerun
         earlier = snapshot(rerun_folder)
         status, line = guarded_edit(capsys, rerun_folder, "args.seed=7")
         assert status == 2
-        assert line.startswith(f"error: output_dir {rerun_folder} is in use by another run (pid {holder.pid} on host ")
+        assert line.startswith(f"error: args.output_dir {rerun_folder} is in use by another run (pid {holder.pid} on "
+                               "host ")
         assert snapshot(rerun_folder) == earlier
     finally:
         holder.kill()
@@ -298,10 +354,67 @@ def test_stale_lock_of_a_killed_run_is_reported_not_taken_over(capsys, rerun_fol
     earlier = snapshot(rerun_folder)
     status, line = guarded_edit(capsys, rerun_folder, "args.seed=7")
     assert status == 2
-    assert line.startswith(f"error: output_dir {rerun_folder} has a stale lock of a run that did not finish "
+    assert line.startswith(f"error: args.output_dir {rerun_folder} has a stale lock of a run that did not finish "
                            f"(pid {holder.pid} on host ")
     assert f"delete {rerun_folder / LOCK_NAME}" in line
     assert snapshot(rerun_folder) == earlier  # the lock file is still there, unchanged
+
+
+MASK_GUIDED = "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]"
+
+
+@pytest.mark.parametrize("held, overrides, message", [
+    # mask_save_dir inside a folder another run holds (its masks would mix with the other run's)
+    ("busy", ["args.mask_save_dir={tmp}/busy/masks", MASK_GUIDED],
+     "args.mask_save_dir {tmp}/busy/masks lies inside {tmp}/busy, which is in use by another run"),
+    # the reverse: output_dir holds a folder another run writes into
+    ("out/attn_map", [], "args.output_dir {tmp}/out holds {tmp}/out/attn_map, which is in use by another run"),
+    # a busy mask folder is named as what it is
+    ("busy", ["args.mask_save_dir={tmp}/busy", MASK_GUIDED],
+     "args.mask_save_dir {tmp}/busy is in use by another run"),
+])
+def test_a_folder_above_or_below_one_another_run_holds_is_refused(capsys, tmp_path, held, overrides, message):
+    """Two runs: the first (a live process) holds a folder; the second's folders nest with it. The second is refused
+    before any model work, naming the right key, and leaves no folder it made."""
+    (tmp_path / held).mkdir(parents=True)
+    holder = hold_lock(tmp_path / held, 60)
+    try:
+        before = sorted(str(path) for path in tmp_path.rglob("*"))
+        status, line = guarded_edit(capsys, tmp_path / "out", *[o.format(tmp=tmp_path) for o in overrides])
+        assert status == 2
+        assert line.startswith(f"error: {message.format(tmp=tmp_path)} (pid {holder.pid} on host "), line
+        assert sorted(str(path) for path in tmp_path.rglob("*")) == before  # out/ (or out/ kept as it was) only
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_below_the_output_dir_is_reported_like_any_other(capsys, tmp_path):
+    (tmp_path / "out" / "isolated").mkdir(parents=True)
+    holder = hold_lock(tmp_path / "out" / "isolated", 60)
+    holder.kill()
+    holder.wait()
+    status, line = guarded_edit(capsys, tmp_path / "out")
+    assert status == 2
+    assert line.startswith(f"error: args.output_dir {tmp_path / 'out'} holds {tmp_path / 'out' / 'isolated'}, which "
+                           f"has a stale lock of a run that did not finish (pid {holder.pid} on host ")
+    assert f"delete {tmp_path / 'out' / 'isolated' / LOCK_NAME}" in line
+    assert os.listdir(tmp_path / "out") == ["isolated"]  # the earlier folder stays; no lock of this run left
+
+
+def test_a_refused_run_leaves_no_folder_it_made(capsys, tmp_path):
+    """A refusal after the output folders were made (here: the mask folder is another run's) removes the folders
+    the run made, all the way up, and nothing else."""
+    (tmp_path / "masks").mkdir()
+    holder = hold_lock(tmp_path / "masks", 60)
+    try:
+        status, _ = guarded_edit(capsys, tmp_path / "new" / "deeper" / "out", f"args.mask_save_dir={tmp_path / 'masks'}",
+                                 MASK_GUIDED)
+        assert status == 2
+        assert sorted(os.listdir(tmp_path)) == ["masks"]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_finished_run_releases_its_lock(capsys, rerun_folder):
@@ -342,6 +455,75 @@ def test_bad_input_is_refused_before_model_work(monkeypatch, capsys, earlier_run
     assert_untouched(rerun_folder, earlier_run[1])
 
 
+# ---------------------------------------------------------------- sizes that would run away
+
+ROSE_CASE = os.path.join(REPO, "inference_case_configs", "multi_prompts", "rose.yaml")
+GROWING = "fewer prompts, or a smaller num_transition_blocks, longer_mid_segment, single_prompt_length or " \
+          "sampling_num_frames - overlap_size, make it smaller"
+
+
+def guarded_long_run(capsys, output_dir, *overrides):
+    """(status, one error line) of a tiny multi-prompt run (rose) through the entry scripts' top level."""
+    with pytest.raises(SystemExit) as stop:
+        guarded(run_entry, "sample_video", [*BASE, "--custom-config", ROSE_CASE, "--tiny",
+                                            f"args.output_dir={output_dir}", *FAST, *overrides])
+        sys.exit(0)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    return stop.value.code, lines[0] if lines else ""
+
+
+@pytest.mark.parametrize("overrides, estimate", [
+    (["args.num_transition_blocks=100000"], "3 prompt(s), 200003 window(s), 800021 latent frames, 3200081 video "
+                                            "frames of 32x48"),
+    (["args.longer_mid_segment=100000"], "3 prompt(s), 100007 window(s), 400037 latent frames, 1600145 video frames "
+                                         "of 32x48"),
+    (['args.prompts=["a fish"]', "args.single_prompt_length=100000"],
+     "100000 prompt(s), 299998 window(s), 1200001 latent frames, 4800001 video frames of 32x48"),
+    (["args.overlap_size=0", "args.num_transition_blocks=20000"],
+     "3 prompt(s), 40003 window(s), 520039 latent frames, 2080153 video frames of 32x48"),
+])
+def test_a_run_that_outgrows_the_host_memory_is_refused_with_its_estimate(monkeypatch, capsys, tmp_path, overrides,
+                                                                          estimate):
+    """Counts that multiply windows and frames are bounded by what the machine holds, before any model work and
+    before any list of prompts or windows is built (they grew the run without bound: 4-16 GB within minutes)."""
+    monkeypatch.setattr("ditctrl.run_size.available_host_bytes", lambda: 2**30)
+    for built in ("ditctrl.runs.expand_prompts", "ditctrl.runs.plan_run", "ditctrl.generation.Pipeline"):
+        monkeypatch.setattr(built, _raise(AssertionError(f"{built} reached")))
+    status, line = guarded_long_run(capsys, tmp_path / "out", *overrides)
+    assert status == 2
+    assert re.fullmatch(rf"error: the run needs at least [\d.]+ GiB of host memory \({re.escape(estimate)}\), more "
+                        rf"than the 1\.0 GiB available; {re.escape(GROWING)}", line), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_absurd_count_is_refused_at_once(capsys, tmp_path):
+    """10^15 transition windows: refused from the closed-form estimate, on any machine, in seconds."""
+    start = time.monotonic()
+    status, line = guarded_long_run(capsys, tmp_path / "out", f"args.num_transition_blocks={10**15}")
+    assert status == 2 and line.startswith("error: the run needs at least ") and "2000000000000003 window(s)" in line
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("resource", ["GPU memory", "files"])
+def test_a_run_that_outgrows_the_gpu_or_the_file_system_is_refused(monkeypatch, capsys, tmp_path, resource):
+    if resource == "GPU memory":
+        monkeypatch.setattr("ditctrl.runs.resolve_device", lambda name, full_size: "cuda")
+        monkeypatch.setattr("ditctrl.run_size.gpu_memory", lambda device: 2**30)
+        expected = (r"the run needs at least [\d.]+ GiB of GPU memory besides the models \(3 prompt\(s\), 2003 "
+                    r"window\(s\), 8021 latent frames, 32081 video frames of 32x48\), more than the GPU's 1\.0 GiB")
+        overrides = ["args.num_transition_blocks=1000"]
+    else:
+        monkeypatch.setattr("ditctrl.run_size.free_inodes", lambda folder: 1000)
+        expected = (rf"the run writes 12022 files \(3 prompt\(s\), 1203 window\(s\), 4821 latent frames, 19281 video "
+                    rf"frames of 32x48\), more than the 1000 its output file system \({re.escape(str(tmp_path))}/out\) "
+                    r"can still hold")  # 1202 pairs x 1 step x 5 layers x 2 masks, the video and params.yaml
+        overrides = ["args.num_transition_blocks=600", "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]"]
+    monkeypatch.setattr("ditctrl.generation.Pipeline", _raise(AssertionError("model work started")))
+    status, line = guarded_long_run(capsys, tmp_path / "out", *overrides)
+    assert status == 2
+    assert re.fullmatch(rf"error: {expected}; {re.escape(GROWING)}", line), line
+
+
 def test_long_prompt_cut_is_announced_with_its_token_count(monkeypatch, capsys, rerun_folder):
     monkeypatch.setattr("ditctrl.generation.Pipeline", _raise(KeyboardInterrupt))
     long_prompt = "a red bus drives along a winding mountain road " * 7
@@ -376,10 +558,32 @@ def test_tiny_never_writes_into_a_real_looking_folder(capsys, tmp_path):
     earlier = snapshot(tmp_path / "real")
     status, line = guarded_edit(capsys, tmp_path / "out", *paths)
     assert status == 2
-    assert line.startswith(f"error: refusing to write random weights into {tmp_path / 'real' / 'vae'}: it holds files "
-                           "the synthetic writer did not write (vae.zip)")
+    vae = tmp_path / "real" / "vae"
+    assert line.startswith(f"error: {vae} lacks 3d-vae.pt; refusing to write random weights into {vae}: it holds "
+                           "files the synthetic writer did not write (vae.zip)")
     assert snapshot(tmp_path / "real") == earlier
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_t5_folder_without_its_tokenizer_is_named_for_what_it_lacks(capsys, tmp_path, tiny_checkpoints):
+    """A copied T5 folder without spiece.model: the refusal says what is missing first (it read as a refusal only)."""
+    shutil.copytree(tiny_checkpoints["t5"], tmp_path / "t5", ignore=shutil.ignore_patterns(".ditctrl-synthetic"))
+    os.remove(tmp_path / "t5" / "spiece.model")
+    status, line = guarded_edit(capsys, tmp_path / "out", f"model.conditioner_config.params.model_dir={tmp_path / 't5'}")
+    assert status == 2
+    assert line.startswith(f"error: {tmp_path / 't5'} lacks spiece.model; refusing to write random weights into "
+                           f"{tmp_path / 't5'}: it holds files the synthetic writer did not write (")
+    assert line.endswith("complete it (README.md, 'Download the weights') or point the config at a new or empty folder")
+
+
+def test_a_refused_part_leaves_no_folder_of_the_other_parts(capsys, tmp_path):
+    """Every part's folder is checked before the first is made: a refused VAE folder leaves no new transformer
+    folder behind."""
+    paths = real_looking_checkpoints(tmp_path / "real")
+    (tmp_path / "new").mkdir()
+    status, line = guarded_edit(capsys, tmp_path / "out", *paths[1:], f"args.load={tmp_path / 'new' / 'transformer'}")
+    assert status == 2 and "refusing to write random weights into" in line
+    assert os.listdir(tmp_path / "new") == [] and not os.path.exists(tmp_path / "out")
 
 
 def test_tiny_never_makes_a_mistyped_folder_outside_sat(capsys, tmp_path):
@@ -526,3 +730,30 @@ def test_damaged_checkpoint_is_one_line_naming_the_file_before_model_work(capsys
     status, line = guarded_edit(capsys, rerun_folder, *overrides)
     assert status == 2 and line.startswith("error: ") and str(named) in line, line
     assert_untouched(rerun_folder, earlier_run[1])
+
+
+# ---------------------------------------------------------------- printing never costs the outputs
+
+def test_a_folder_name_the_output_encoding_cannot_show_keeps_the_outputs(monkeypatch, capsys, tmp_path):
+    """stdout in ASCII (PYTHONIOENCODING=ascii, a C locale) and a non-ASCII output_dir: the `wrote` line shows an
+    escape instead of failing, and the finished outputs are kept."""
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    folder = tmp_path / "café"
+    status, line = guarded_edit(capsys, folder)
+    assert (status, line) == (0, "")
+    assert sorted(os.listdir(folder)) == sorted(OUTPUTS)
+    stdout.seek(0)
+    assert f"wrote {tmp_path}/caf\\xe9/{OUTPUTS[0]}\n" in stdout.read()
+
+
+def test_stdout_on_a_full_device_keeps_the_outputs(tmp_path):
+    """A run script with stdout on /dev/full (every write fails with ENOSPC: the command line it echoes, the notes,
+    the `wrote` line, Python's flush at exit): the run's lines are dropped, its outputs kept, status 0."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(["bash", os.path.join(REPO, "run_edit_video.sh"), "--tiny", *FAST,
+                                 f"args.output_dir={tmp_path / 'out'}"], stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "error" not in result.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(OUTPUTS)

@@ -3,7 +3,9 @@
 The launcher's rules are checked with tiny `python -c` ranks that exit with given statuses, kill themselves or
 hang; one tiny 2-rank model run goes through `run_multi_prompt.sh --gpus 2` end to end.
 """
+import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +51,13 @@ def test_run_script_rejects_a_bad_gpu_count(gpus):
 
 @pytest.mark.parametrize("args, line", [
     (["--tiny", "--model"], "error: --model needs a value: --model 2b|5b"),
+    (["--model", "tiny"], "error: unknown model 'tiny' (--model); choices: 2b, 5b; --tiny selects the tiny "
+                          "random-weight model of either"),
+    (["--model=cogvideox_5b_tiny"], "error: unknown model 'cogvideox_5b_tiny' (--model); choices: 2b, 5b"),
+    (["--model", "2b", "--model=5b"], "error: more than one --model ('2b', '5b'): a run takes one"),
+    (["--gpus", "2", "--tiny", "--gpus", "2"], "error: more than one --gpus ('2', '2'): a run takes one"),
+    (["first.yaml", "--tiny", "second.yaml"], "error: more than one case file ('first.yaml', 'second.yaml'): a run "
+                                              "takes one"),
     (["--tiny", "--gpus"], "error: --gpus needs a value: --gpus N, the number of processes"),
     (["--gpu", "2"], f"error: unknown option '--gpu'; {OPTIONS}"),
     (["--tiny", "-n", "2"], f"error: unknown option '-n'; {OPTIONS}"),
@@ -63,6 +72,15 @@ def test_run_script_help_is_the_entry_scripts_help_once():
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.startswith("usage: sample_video.py") and result.stdout.count("usage:") == 1
     assert "--prompts" in result.stdout
+
+
+def test_a_gpu_count_beyond_64_bits_reaches_the_launcher_unwrapped():
+    """Shell arithmetic would wrap 2**64 + 1 to 1 and silently run one process; the launcher refuses it."""
+    result = run_script("--tiny", "--gpus", str(2**64 + 1))
+    assert result.returncode == 2
+    assert result.stdout.startswith(f"python sat/launch_ranks.py {2**64 + 1} sat/sample_video.py ")
+    assert re.fullmatch(rf"error: --gpus {2**64 + 1} asks for more ranks than this machine has (CPU cores|CUDA "
+                        r"devices) \(\d+\)\n", result.stderr)
 
 
 def test_two_ranks_with_bad_input_end_with_one_error_line_and_status_2():
@@ -141,19 +159,46 @@ sys.exit({status} if received else 0)
     assert [(tmp_path / f"received{rank}").read_text() for rank in range(2)] == ["1", "1"]
 
 
-@pytest.mark.parametrize("devices, size, refused", [(2, 3, True), (2, 2, False), (0, 4, False)])
-def test_more_ranks_than_cuda_devices_are_refused_before_any_starts(monkeypatch, capsys, devices, size, refused):
+@pytest.mark.parametrize("devices, cores, size, line", [
+    (2, 16, 3, "error: --gpus 3 asks for more ranks than this machine has CUDA devices (2)\n"),
+    (2, 16, 2, None),
+    (0, 4, 4, None),  # without CUDA: gloo ranks, one per CPU core
+    (0, 4, 5, "error: --gpus 5 asks for more ranks than this machine has CPU cores (4)\n"),
+    (0, 4, "18446744073709551617", "error: --gpus 18446744073709551617 asks for more ranks than this machine has CPU "
+                                   "cores (4)\n"),  # 2**64 + 1
+    (0, 4, "9" * 5000, f"error: --gpus {'9' * 5000} asks for more ranks than this machine has CPU cores (4)\n"),
+])
+def test_more_ranks_than_the_machine_runs_are_refused_before_any_starts(monkeypatch, capsys, devices, cores, size,
+                                                                        line):
     started = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: devices)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     monkeypatch.setattr(launch_ranks, "run_ranks", lambda command, size: started.append(size) or 0)
     with pytest.raises(SystemExit) as end:
         launch_ranks.main([str(size), "sat/sample_video.py"])
-    if refused:
+    if line:
         assert (end.value.code, started) == (2, [])
-        assert capsys.readouterr().err == f"error: --gpus {size} asks for more ranks than this machine has CUDA " \
-                                          f"devices ({devices})\n"
+        assert capsys.readouterr().err == line
     else:
-        assert (end.value.code, started) == (0, [size])
+        assert (end.value.code, started) == (0, [int(size)])
+
+
+def test_a_rank_that_cannot_be_started_stops_the_started_ones(tmp_path, monkeypatch, capfd):
+    """The system refuses the third process (as a huge --gpus ended before it was bounded): the two started ranks are
+    stopped, one line says so, status 1."""
+    monkeypatch.chdir(tmp_path)
+    started, popen = [], subprocess.Popen
+
+    def popen_until_the_third(*args, **kwargs):
+        if len(started) == 2:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+    monkeypatch.setattr(launch_ranks.subprocess, "Popen", popen_until_the_third)
+    assert fake_job(["hang", "hang", 0, 0]) == 1
+    assert all(rank.poll() in (-signal.SIGTERM, -signal.SIGKILL) for rank in started)  # ended by the launcher
+    assert capfd.readouterr().err == ("error: rank 2 of 4 could not be started (Resource temporarily unavailable); "
+                                      "the 2 ranks already started were stopped\n")
 
 
 @pytest.mark.parametrize("argv", [[], ["2"], ["0", "sat/sample_video.py"], ["two", "sat/sample_video.py"]])

@@ -17,8 +17,10 @@ import yaml
 
 import sample_video
 import sample_video_edit
-from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
+from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, expand_prompts, load_config, parse_cli
+from ditctrl.entry_points import ENTRY_POINTS, plan_run
 from ditctrl.output_files import OutputRun
+from ditctrl.run_size import run_size
 from ditctrl.runs import prepare_run
 from ditctrl.synthetic_folders import ensure_synthetic_checkpoints
 from ditctrl.weights import weight_paths
@@ -254,21 +256,55 @@ def test_a_tiny_run_s_params_yaml_reruns_on_the_cpu_without_tiny(tmp_path, monke
     assert device == rerun_device == "cpu"
 
 
-def test_earlier_runs_files_left_in_the_folder_are_named(tmp_path, capsys):
-    """params.yaml describes the run's own files; what other runs left next to them is named at the start."""
+def test_earlier_runs_files_left_in_the_folders_are_named_nested_ones_too(tmp_path, capsys):
+    """params.yaml describes the run's own files; what other runs left in its folders, at any depth (another
+    controller's video, a longer run's masks under attn_map/), is named in one note once the run's files are all
+    written; what the run wrote itself is not."""
     target = tmp_path / "edit"
-    (target / "isolated").mkdir(parents=True)
-    for name in ("editing_KVSharingAdaLNMixin_frames49.mp4", "editing_frames49.mp4", "params.yaml", "notes.txt"):
+    leftovers = ["editing_KVSharingAdaLNMixin_frames49.mp4", "isolated/all_frames98.mp4", "notes.txt",
+                 "attn_map/segment0/mask_s_step3_layer25_all_frames.png"]  # a 4-step run's, beside this 3-step one's
+    ours = ["editing_frames49.mp4", "params.yaml", "attn_map/segment0/mask_t_step2_layer29_all_frames.png"]
+    for name in leftovers + ours:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         (target / name).write_bytes(b"")
     with OutputRun():
-        prepare_run("sample_video_edit", [*BASE, "--custom-config", EDIT_CASE, "--tiny", f"args.output_dir={target}"])
-    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("note: ", "overwriting "))]
-    assert notes[-3:] == [
-        f"overwriting existing {target / 'editing_frames49.mp4'}",
-        f"note: {target} also holds what earlier runs wrote and this run leaves as it is "
-        "(editing_KVSharingAdaLNMixin_frames49.mp4, isolated, notes.txt); its params.yaml will describe this run's "
-        "files only",
-        f"overwriting existing {target / 'params.yaml'}"]
+        edit(EDIT_CASE, f"args.output_dir={target}", "model.sampler_config.params.num_steps=3", "args.start_step=1",
+             "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]")
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: the run's folders")]
+    shown = sorted(leftovers)
+    assert notes == [f"note: the run's folders also hold what earlier runs wrote and this run left as it was "
+                     f"({', '.join(shown[:3])} and 1 more); {target / 'params.yaml'} describes this run's files only"]
+    assert all((target / name).stat().st_size > 0 for name in ours)  # rewritten by this run
+
+
+def test_the_run_size_estimate_counts_the_files_and_windows_of_a_real_run(tmp_path):
+    """run_size's closed forms against a run: windows and latent frames are its plan's, the file count the files it
+    wrote (the masks of every pair, step and layer, the isolated clips, the video, params.yaml)."""
+    argv = [*BASE, "--custom-config", ROSE, "--tiny", f"args.output_dir={tmp_path / 'rose'}", "args.start_step=1",
+            "model.sampler_config.params.num_steps=2", "args.num_transition_blocks=1", "args.is_run_isolated=True",
+            "args.adaln_mixin_names=[KVSharingMaskGuidedAdaLNMixin]", "--prompts", "a red rose", "a white rose"]
+    with OutputRun():
+        sample_video.main(argv)
+    cfg = parse_cli(argv)
+    size = run_size(ENTRY_POINTS["sample_video"], cfg, on_gpu=False)
+    layout = plan_run(ENTRY_POINTS["sample_video"], cfg.args, expand_prompts(cfg.args)).layout
+    assert (size.windows, size.latent_frames, size.video_frames) == (layout.num_windows, layout.length,
+                                                                     layout.video_frames) == (3, 21, 81)
+    written = [name for _, _, files in os.walk(tmp_path / "rose") for name in files]
+    assert size.files == len(written) == 2 * 1 * 5 * 2 + 1 + 3 + 1  # pairs x steps x layers x 2 masks, the videos
+
+
+@pytest.mark.parametrize("fp16", [True, False])
+def test_float16_on_the_cpu_is_announced(tmp_path, capsys, monkeypatch, fp16):
+    """args.fp16=True computing on the CPU (emulated float16: many times slower) gets one note; float32 none."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with OutputRun():
+        prepare_run("sample_video_edit", [*BASE, "--custom-config", EDIT_CASE, "--tiny", f"args.fp16={fp16}",
+                                          f"args.output_dir={tmp_path}"])
+    notes = [line for line in capsys.readouterr().out.splitlines() if "float16" in line]
+    assert notes == (["note: args.fp16 is True but the run computes on the CPU, where float16 is emulated on most "
+                      "CPUs and runs many times slower than float32; args.fp16=False computes in float32"] if fp16
+                     else [])
 
 
 def seen_lines(result) -> tuple[list, list]:

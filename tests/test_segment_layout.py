@@ -1,10 +1,12 @@
 import doctest
+import itertools
 
 import pytest
 import torch
 
 import ditctrl.segment_layout as segment_layout_module
 from ditctrl.latent_blending import LatentBlender, blend_weights
+from ditctrl.run_size import long_latent_frames, window_count
 from ditctrl.segment_layout import segment_layout
 
 
@@ -77,3 +79,17 @@ def test_constant_predictions_blend_to_that_constant():
     for w in range(layout.num_windows):
         blender.add(layout.window(w), value)
     assert torch.allclose(blender.result(), value[:, :1].expand(1, layout.length, 4, 2, 3), atol=1e-6)
+
+
+def test_the_run_size_closed_forms_equal_the_layout():
+    """run_size counts windows and frames without building the layout (an absurd count must not fill memory)."""
+    built = 0
+    for prompts, blocks, mid, overlap in itertools.product(range(1, 6), range(4), range(3), (0, 4, 9, 12)):
+        try:
+            layout = segment_layout(prompts, 13, overlap, blocks, mid)
+        except ValueError:  # an even length
+            continue
+        built += 1
+        assert window_count(prompts, blocks, mid) == layout.num_windows
+        assert long_latent_frames(layout.num_windows, 13, overlap) == layout.length
+    assert built > 100

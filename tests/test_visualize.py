@@ -12,6 +12,7 @@ from ditctrl.attention import visualize
 from ditctrl.attention.kernels import attention
 from ditctrl.attention.visualize import AttentionVisualizer
 from ditctrl.attention_figures import overview_figure, video_frame_of_latent
+from ditctrl.run_size import VISUALIZED_FILES
 from tiny_models import small_dit
 
 HEADS, HEAD_DIM, TEXT = 3, 8, 5
@@ -140,7 +141,7 @@ def test_small_dit_forward_writes_every_promised_file(tmp_path):
                     "text_attn_map.png": None, "text_attn_map.npy": (7, 7),
                     "spatial_attn_map_frame1.png": None, "spatial_attn_map_frame1.npy": (rows * cols, rows * cols),
                     "temporal_attn_map_pos_1_1.png": None, "temporal_attn_map_pos_1_1.npy": (frames, frames)}
-        assert sorted(os.listdir(where)) == sorted(expected)
+        assert sorted(os.listdir(where)) == sorted(expected) and len(expected) == VISUALIZED_FILES  # as run_size counts
         for name, shape in expected.items():
             path = os.path.join(where, name)
             assert path in controller.figures_written

@@ -192,13 +192,20 @@ def safetensors_shapes(path) -> dict:
                          "git-lfs pointer instead of the weights); download it again") from None
 
 
-def _read_json(path):
+def _read_json(path) -> dict:
+    """The JSON object (a mapping: every config and index file is one) in `path`; anything else is one error."""
     _require(path)
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({first_line(error)})") from None
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or first_line(error)}") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: holds a JSON {type(content).__name__}, not the object (mapping) of a config or "
+                         "index file; download it again")
+    return content
 
 
 def shard_files(folder, weights_name):
@@ -208,8 +215,10 @@ def shard_files(folder, weights_name):
     if not os.path.isfile(index_path):
         return None, [weights_name]
     weight_map = _read_json(index_path).get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map'")
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) and isinstance(shard, str)
+                                                   for name, shard in weight_map.items()):
+        raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map' of tensor names to shard file "
+                         "names")
     return weight_map, sorted(set(weight_map.values()))
 
 

@@ -20,8 +20,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .console import say
 from .controllers import CONTROLLERS
-from .output_files import OutputRun, first_line, write_text
+from .output_files import OutputRun, first_line, make_folders, write_text
 
 NUM_TRAIN_TIMESTEPS = 1000  # the DDPM discretisation CogVideoX was trained with (schedule.py builds on it)
 
@@ -57,6 +58,15 @@ class ArgType:
     normalise: Callable[[Any], Any]  # accepted value -> canonical value; raises _Rejected otherwise
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds a line break, tab or other control character (never meant in a path or file name)."""
+    return any(ord(character) < 32 or ord(character) == 127 for character in text)
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str) and not has_control_characters(value)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -87,7 +97,8 @@ BOOL = ArgType("a bool", _accepting(lambda value: isinstance(value, bool)))
 INT = ArgType("an int", _accepting(_is_int))
 FLOAT = ArgType("a number", _accepting(lambda value: _is_int(value) or isinstance(value, float), float))
 STR = ArgType("a string", _accepting(lambda value: isinstance(value, str)))
-PATH = ArgType(STR.description, lambda value: os.path.expanduser(STR.normalise(value)))  # ~ is the home folder
+PATH = ArgType("a path (a string without line breaks or other control characters)",
+               _accepting(_is_path, os.path.expanduser))  # ~ is the home folder
 INT_LIST = _list_of(INT, "a list of ints")
 STR_LIST = _list_of(STR, "a list of strings")
 # A bare int stands for a one-element list.
@@ -102,7 +113,7 @@ INT_OR_INT_LIST = ArgType(
 
 # Keys whose inference.yaml default is null or does not show the type, and the paths.
 _DECLARED_TYPES = {
-    "load": _optional(PATH),  # null: no transformer checkpoint to load
+    "load": PATH,
     "output_dir": PATH,
     "mask_save_dir": PATH,
     "layer_idx": _optional(INT_LIST),
@@ -199,21 +210,45 @@ def _suggestion(word: str, choices: Iterable[str], otherwise: str = "") -> str:
     return f"; did you mean '{matches[0]}'?" if matches else otherwise
 
 
+def _yaml_problem(error: Exception) -> str:
+    """One line of a YAML error: where (line, column), the cause, then what the parser was doing."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark, context = error.problem_mark, error.context
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        if context and error.context_mark:
+            context += f" from line {error.context_mark.line + 1}"
+        return where + error.problem + (f" ({context})" if context else "")
+    if isinstance(error, yaml.reader.ReaderError):
+        return f"character {error.position + 1}: {first_line(error)}"
+    return first_line(error)
+
+
 def _read_yaml(path: str):
     path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder, not a config file")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
         return OmegaConf.load(path)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cannot parse {path}: not a UTF-8 text file ({first_line(error)})") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror or first_line(error)}") from None
     except (yaml.YAMLError, OmegaConfBaseException) as error:
-        raise ConfigError(f"cannot parse {path}: {first_line(error)}") from error
+        raise ConfigError(f"cannot parse {path}: {_yaml_problem(error)}") from error
 
 
 def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
+    overrides = list(overrides)
+    for override in overrides:  # YAML would fold a line break into a space: another value than the one typed
+        _require("\n" not in override and "\r" not in override,
+                 f"the {CLI_SOURCE} override {override!r} holds a line break, which YAML reads as a space; remove it "
+                 "(a prompt with line breaks goes after --prompts)")
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        return OmegaConf.from_dotlist(overrides)
     except (yaml.YAMLError, OmegaConfBaseException) as error:
-        raise ConfigError(f"cannot parse the {CLI_SOURCE} overrides: {first_line(error)}") from error
+        raise ConfigError(f"cannot parse the {CLI_SOURCE} overrides: {_yaml_problem(error)}") from error
 
 
 def _section(config: DictConfig, name: str, source: str) -> DictConfig:
@@ -288,6 +323,11 @@ def load_config(base_paths: Sequence[str], custom_path: str | None = None, overr
     The result has the sections `model` and `args`; `args` holds every schema key. Tools that only
     need the model (e.g. the synthetic-checkpoint writer) pass `require_prompts=False`.
     """
+    return _load(base_paths, custom_path, overrides, require_prompts)[0]
+
+
+def _load(base_paths, custom_path, overrides, require_prompts) -> tuple[DictConfig, DictConfig]:
+    """`load_config`'s config, and the `model` settings the case file and the overrides asked for."""
     # inference.yaml is read first; naming it again in --base does not re-apply it over the model config's args.
     paths = [INFERENCE_CONFIG, *(p for p in base_paths if os.path.realpath(p) != os.path.realpath(INFERENCE_CONFIG))]
     sources = [_split_source(_read_yaml(path), path) for path in paths]
@@ -297,12 +337,16 @@ def load_config(base_paths: Sequence[str], custom_path: str | None = None, overr
     for config, source in overriding:
         model, source_args = _split_source(config, source)
         _check_model_keys(model, base_model, source)
+        _require("tiny_config" not in model,
+                 f"model.tiny_config in {source} has no effect: --tiny adds the tiny config the --base files name; "
+                 "to use another one, give it as the last --base file instead of --tiny")
         sources.append((model, source_args))
     args = {}
     for _, source_args in sources:
         args.update(source_args)
     validate_args(args, require_prompts)
-    return OmegaConf.create({"model": OmegaConf.merge(*(model for model, _ in sources)), "args": args})
+    requested = OmegaConf.merge(*(model for model, _ in sources[-len(overriding):]))
+    return OmegaConf.create({"model": OmegaConf.merge(*(model for model, _ in sources)), "args": args}), requested
 
 
 def _check_model_keys(section: DictConfig, base: DictConfig, source: str, prefix: str = "model") -> None:
@@ -398,6 +442,7 @@ _WHOLE_NUMBER = ("a whole number", lambda value: _is_number(value) and float(val
 _NUMBER_AT_LEAST_0 = ("a number >= 0", lambda value: _is_number(value) and value >= 0)
 _STEP_COUNT = (f"an int in 2..{NUM_TRAIN_TIMESTEPS}", lambda value: _is_int(value) and 2 <= value <= NUM_TRAIN_TIMESTEPS)
 _TEXT = ("a string", lambda value: isinstance(value, str))
+_PATH_TEXT = (PATH.description, _is_path)
 _FLAG = ("a bool", lambda value: isinstance(value, bool))
 _POSITIVE_INTS = ("a non-empty list of ints > 0",
                   lambda value: isinstance(value, list) and value and all(_POSITIVE_INT[1](item) for item in value))
@@ -410,10 +455,11 @@ MODEL_VALUE_RULES = {
     "network_config.params.spatial_interpolation": _POSITIVE_NUMBER,
     "network_config.params.temporal_interpolation": _POSITIVE_NUMBER,
     "network_config.params.elementwise_affine": _FLAG,
+    "network_config.params.rotary_position_embedding": _FLAG,
     "name": _TEXT,
-    "conditioner_config.params.model_dir": _TEXT,
+    "conditioner_config.params.model_dir": _PATH_TEXT,
     "conditioner_config.params.max_length": _POSITIVE_INT,
-    "first_stage_config.ckpt_path": _TEXT,
+    "first_stage_config.ckpt_path": _PATH_TEXT,
     **{f"first_stage_config.params.{key}": _POSITIVE_INT
        for key in ("ch", "num_res_blocks", "z_channels", "temporal_compress_times")},
     "first_stage_config.params.ch_mult": _POSITIVE_INTS,
@@ -427,15 +473,21 @@ MODEL_VALUE_RULES = {
 TINY_T5_KEYS = ("d_model", "d_ff", "num_layers", "num_heads", "d_kv")
 
 
-def _check_model_value(model: DictConfig, key: str, rule) -> None:
-    description, accepts = rule
+def check_model_value(key: str, value, label: str | None = None, rule: tuple | None = None) -> None:
+    """`value` for `model.<key>` follows `rule` (by default its rule in MODEL_VALUE_RULES); the error names `label`
+    (e.g. the file and field of a diffusers folder the value was read from) or `model.<key>`."""
+    description, accepts = rule or MODEL_VALUE_RULES[key]
+    if label is None:
+        _require(value is not None, f"model.{key} is missing; the base configs define it (configs/cogvideox_2b.yaml)")
+    _require(accepts(value), f"{label or 'model.' + key} must be {description}, got {value!r} ({type(value).__name__})")
+
+
+def _model_value(model: DictConfig, key: str):
     try:
-        value = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(model, key, throw_on_missing=True)}),
-                                       resolve=True)["v"]
+        return OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(model, key, throw_on_missing=True)}),
+                                      resolve=True)["v"]
     except OmegaConfBaseException as error:
         raise ConfigError(f"cannot resolve model.{key}: {first_line(error)}") from error
-    _require(value is not None, f"model.{key} is missing; the base configs define it (configs/cogvideox_2b.yaml)")
-    _require(accepts(value), f"model.{key} must be {description}, got {value!r} ({type(value).__name__})")
 
 
 def _require_equal(first: tuple, second: tuple, why: str) -> None:
@@ -443,31 +495,37 @@ def _require_equal(first: tuple, second: tuple, why: str) -> None:
     _require(value_a == value_b, f"{name_a} ({value_a}) must equal {name_b} ({value_b}): {why}")
 
 
-def validate_model(cfg: DictConfig) -> None:
+def validate_model(cfg: DictConfig, origins: Mapping[str, str] | None = None) -> None:
     """Check the `model` values a run uses (types, ranges) and their consistency with each other and `args`.
 
+    `origins` names where values came from that the config files did not give (dotted key -> "<file>: <field>" of a
+    diffusers folder, see `weights.resolve_model`); an error about such a value names that place.
     Raises ConfigError on the first problem, before any model is built.
     """
-    model = cfg.model
+    model, origins = cfg.model, origins or {}
     rules = dict(MODEL_VALUE_RULES)
     if "tiny_t5" in model:
         rules.update({f"tiny_t5.{key}": _POSITIVE_INT for key in TINY_T5_KEYS})
     for key, rule in rules.items():
-        _check_model_value(model, key, rule)
+        check_model_value(key, _model_value(model, key), origins.get(key), rule)
     net = model.network_config.params
 
-    def named(key):
-        return f"model.{key}", OmegaConf.select(model, key)
+    def name(key):
+        return origins.get(key, f"model.{key}")
 
+    def named(key):
+        return name(key), OmegaConf.select(model, key)
+
+    network = "network_config.params"
     for side in ("latent_height", "latent_width"):
-        _require(net[side] % net.patch_size == 0,
-                 f"model.network_config.params.{side} ({net[side]}) must be a multiple of patch_size ({net.patch_size})")
+        _require(net[side] % net.patch_size == 0, f"{name(f'{network}.{side}')} ({net[side]}) must be a multiple of "
+                                                  f"{name(f'{network}.patch_size')} ({net.patch_size})")
     _require(net.hidden_size % net.num_attention_heads == 0,
-             f"model.network_config.params.hidden_size ({net.hidden_size}) must be a multiple of "
-             f"num_attention_heads ({net.num_attention_heads})")
+             f"{name(f'{network}.hidden_size')} ({net.hidden_size}) must be a multiple of "
+             f"{name(f'{network}.num_attention_heads')} ({net.num_attention_heads})")
     _require((net.num_frames - 1) % net.time_compressed_rate == 0,
-             f"model.network_config.params.num_frames ({net.num_frames}) must be 1 + a multiple of "
-             f"time_compressed_rate ({net.time_compressed_rate})")
+             f"{name(f'{network}.num_frames')} ({net.num_frames}) must be 1 + a multiple of "
+             f"{name(f'{network}.time_compressed_rate')} ({net.time_compressed_rate})")
     channels = "the latent noise, the DiT and the VAE share one channel count"
     _require_equal(("args.latent_channels", cfg.args.latent_channels), named("network_config.params.in_channels"),
                    channels)
@@ -514,6 +572,14 @@ def check_dtype_on_device(dtype, device: str) -> None:
                           "kernels; run in float16: args.bf16=False args.fp16=True")
 
 
+def announce_float16_on_the_cpu(args, device: str) -> None:
+    """A note when float16 (args.fp16, 2B's default) computes on the CPU: most CPUs have no float16 arithmetic and
+    emulate it, many times slower than float32 (the tiny config sets fp16: False for this reason)."""
+    if args.fp16 and device == "cpu":
+        say("note: args.fp16 is True but the run computes on the CPU, where float16 is emulated on most CPUs and runs "
+            "many times slower than float32; args.fp16=False computes in float32")
+
+
 FULL_SIZE_PARAMETERS = 10**8  # a DiT this large takes hours per video on a CPU (2B: 1.3e9, 5B: 4.8e9; tiny: 1.5e6)
 
 
@@ -557,13 +623,13 @@ def expand_prompts(args: Mapping) -> list[str]:
 
 
 def _claim_folder(folder: str, key: str) -> None:
-    """Create `folder`, prove it writable and, inside an `OutputRun`, lock it for this run."""
+    """Create `folder`, prove it writable and, inside an `OutputRun`, lock it for this run (`key` names it)."""
     try:
-        os.makedirs(folder, exist_ok=True)
+        make_folders(folder)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_probe"):
             pass
         if OutputRun.active is not None:
-            OutputRun.active.claim(folder)
+            OutputRun.active.claim(folder, key)
     except OSError as error:
         raise ConfigError(f"{key} '{folder}' is not writable: {error.strerror}") from error
 
@@ -575,7 +641,7 @@ def prepare_output_dir(output_dir: str, planned_files: Iterable[str], other_dirs
     `planned_files` are paths relative to `output_dir` (params.yaml excluded: see
     `write_resolved_config`). A folder another run uses raises `output_files.FolderInUseError`.
     """
-    _claim_folder(output_dir, "output_dir")
+    _claim_folder(output_dir, "args.output_dir")
     for folder in other_dirs:
         _claim_folder(folder, "args.mask_save_dir")
     planned_paths = (os.path.join(output_dir, name) for name in planned_files)
@@ -585,7 +651,7 @@ def prepare_output_dir(output_dir: str, planned_files: Iterable[str], other_dirs
 def announce_overwrites(paths: Iterable[str]) -> None:
     """Print one line for each existing file a run is about to replace."""
     for path in paths:
-        print(f"overwriting existing {path}")
+        say(f"overwriting existing {path}")
 
 
 MAPS_FOLDER = "attn_map"  # masks and attention maps (mask-guided, visualisation): shared by the runs of a folder
@@ -597,15 +663,17 @@ def mask_folder(args, output_dir: str) -> str:
     return args.mask_save_dir or os.path.join(output_dir, MAPS_FOLDER)
 
 
-def announce_other_runs_files(output_dir: str, planned_files: Iterable[str]) -> None:
-    """Print a note naming the entries of `output_dir` that earlier runs wrote and this one will not replace (e.g.
-    another controller's video): params.yaml describes this run's files only."""
-    ours = {name.split("/")[0] for name in planned_files} | {PARAMS_FILE, MAPS_FOLDER}
-    others = sorted(name for name in os.listdir(output_dir) if not name.startswith(".") and name not in ours)
-    if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        print(f"note: {output_dir} also holds what earlier runs wrote and this run leaves as it is ({shown}); its "
-              f"{PARAMS_FILE} will describe this run's files only")
+def announce_other_runs_files(output_dir: str, files) -> None:
+    """Print a note naming `files` (absolute), what earlier runs left in the run's folders and this run did not
+    replace (another controller's video, the masks of steps this run does not have, …): params.yaml describes this
+    run's files only. Files inside `output_dir` are named relative to it."""
+    if files:
+        output_dir = os.path.abspath(output_dir)
+        names = [os.path.relpath(path, output_dir) if os.path.commonpath([output_dir, path]) == output_dir else path
+                 for path in files]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        say(f"note: the run's folders also hold what earlier runs wrote and this run left as it was ({shown}); "
+            f"{os.path.join(output_dir, PARAMS_FILE)} describes this run's files only")
 
 
 def write_resolved_config(cfg: DictConfig, output_dir: str) -> str:
@@ -628,18 +696,30 @@ def tiny_config_for(base_paths: Sequence[str]) -> str:
     return os.path.join(CONFIG_DIR, names[-1]) if names else TINY_MODEL_CONFIG
 
 
+class _GivenOnce(argparse.Action):
+    """Store the option's value; the option given a second time is an error (argparse would keep the last alone)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = vars(namespace).setdefault("given_options", set())
+        if self.dest in given:
+            parser.error(f"{option_string} given twice: the second would replace the first; give it once")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="DiTCtrl run configuration.",
         epilog="Overrides are dotted keys such as args.seed=3 or model.scale_factor=1.0; "
         "place them before the options or after '--'.",
     )
-    parser.add_argument("--base", nargs="+", default=[MODEL_CONFIG], metavar="YAML",
+    parser.add_argument("--base", nargs="+", default=[MODEL_CONFIG], metavar="YAML", action=_GivenOnce,
                         help="base config files, merged left to right over configs/inference.yaml")
-    parser.add_argument("--custom-config", metavar="CASE_YAML", help="case file merged over the base files")
+    parser.add_argument("--custom-config", metavar="CASE_YAML", action=_GivenOnce,
+                        help="case file merged over the base files")
     parser.add_argument("--tiny", action="store_true",
                         help="append the model's tiny config (its model.tiny_config) to the base files (smoke runs)")
-    parser.add_argument("--prompts", nargs="+", metavar="PROMPT",
+    parser.add_argument("--prompts", nargs="+", metavar="PROMPT", action=_GivenOnce,
                         help="prompts, one argument each; replace args.prompts")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, applied last")
     return parser
@@ -650,8 +730,9 @@ def parse_cli(argv: Sequence[str] | None = None) -> DictConfig:
     return parse_run_cli(argv)[0]
 
 
-def parse_run_cli(argv: Sequence[str] | None = None) -> tuple[DictConfig, bool]:
-    """The resolved, checked config and whether --tiny was given (the only trigger for writing random weights)."""
+def parse_run_cli(argv: Sequence[str] | None = None) -> tuple[DictConfig, bool, DictConfig]:
+    """The resolved, checked config, whether --tiny was given (the only trigger for writing random weights) and the
+    `model` settings the case file and the overrides asked for (a diffusers folder must not silently replace them)."""
     options = build_parser().parse_args(argv)
     base_paths = [*options.base, *([tiny_config_for(options.base)] if options.tiny else [])]
     overrides = list(options.overrides)
@@ -662,4 +743,5 @@ def parse_run_cli(argv: Sequence[str] | None = None) -> tuple[DictConfig, bool]:
         # JSON is valid YAML flow syntax, so each prompt survives commas, colons and quotes (kept as UTF-8:
         # YAML refuses the surrogate pairs json.dumps would write for emoji).
         overrides.append(f"args.prompts={json.dumps(options.prompts, ensure_ascii=False)}")
-    return load_config(base_paths, options.custom_config, overrides), options.tiny
+    cfg, requested = _load(base_paths, options.custom_config, overrides, True)
+    return cfg, options.tiny, requested

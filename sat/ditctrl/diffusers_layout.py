@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from .checkpoints import MissingCheckpointError, SafetensorsSource, _read_json
+from .config import check_model_value
 
 MODEL_INDEX = "model_index.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -171,6 +172,10 @@ TRANSFORMER_FIELDS = (
     ("elementwise_affine", "norm_elementwise_affine"),
     ("rotary_position_embedding", "use_rotary_positional_embeddings"),
 )
+NETWORK, FIRST_STAGE = "network_config.params", "first_stage_config.params"
+# (our VAE param, diffusers vae/config.json field, diffusers' default when absent)
+VAE_FIELDS = (("num_res_blocks", "layers_per_block", 3), ("z_channels", "latent_channels", 16),
+              ("temporal_compress_times", "temporal_compression_ratio", 4))
 # Fields whose value this implementation has built in (diffusers' defaults for CogVideoX 1.0).
 TRANSFORMER_FIXED = {
     "activation_fn": "gelu-approximate", "attention_bias": True, "flip_sin_to_cos": True, "freq_shift": 0,
@@ -211,8 +216,18 @@ def _refuse_unsupported_transformer(path, config) -> None:
                          f"{config.get('patch_size_t')}); {SUPPORTED}")
 
 
-def read_model_configs(folder) -> dict:
-    """The `model` config section values a diffusers folder fixes: network and VAE shape, scale factor, SNR shift.
+@dataclass(frozen=True)
+class FolderModel:
+    """The `model` config values a diffusers folder fixes, as dotted keys (e.g. network_config.params.num_layers),
+    and where each comes from ("<file>: <field>"), so that a check of a value names the folder's file, not the config."""
+    values: dict
+    origins: dict
+
+
+def read_model_configs(folder) -> FolderModel:
+    """The `model` values a diffusers folder fixes: network and VAE shape, the T5 context length (the transformer's
+    text length), scale factor and SNR shift. Their types and ranges are checked with the config's rules
+    (`config.validate_model`, given `origins`); here only what the values are computed from.
 
     Image-to-video, CogVideoX1.5 and any other model this implementation does not compute are refused.
     """
@@ -221,6 +236,11 @@ def read_model_configs(folder) -> dict:
     if pipeline != PIPELINE_CLASS:
         kind = "an image-to-video pipeline" if "Image" in str(pipeline) else "not a text-to-video CogVideoX pipeline"
         raise ValueError(f"{index_path}: _class_name {pipeline!r} is {kind}; {SUPPORTED}")
+    values, origins = {}, {}
+
+    def take(key, value, path, field):
+        values[key], origins[key] = value, f"{path}: {field}"
+
     path, transformer = _component(folder, "transformer")
     _refuse_unsupported_transformer(path, transformer)
     _check_fixed(path, transformer, TRANSFORMER_FIXED)
@@ -228,26 +248,30 @@ def read_model_configs(folder) -> dict:
     missing = [theirs for theirs in [t for _, t in TRANSFORMER_FIELDS] + ["attention_head_dim"] if theirs not in transformer]
     if missing:
         raise ValueError(f"{path}: lacks {', '.join(missing)}; {SUPPORTED}")
-    network = {ours: transformer[theirs] for ours, theirs in TRANSFORMER_FIELDS}
-    network["hidden_size"] = transformer["num_attention_heads"] * transformer["attention_head_dim"]
+    for ours, theirs in TRANSFORMER_FIELDS:
+        take(f"{NETWORK}.{ours}", transformer[theirs], path, theirs)
+    heads, head_dim = transformer["num_attention_heads"], transformer["attention_head_dim"]
+    check_model_value(f"{NETWORK}.num_attention_heads", heads, f"{path}: num_attention_heads")
+    check_model_value(f"{NETWORK}.hidden_size", head_dim, f"{path}: attention_head_dim")  # also an int > 0
+    take(f"{NETWORK}.hidden_size", heads * head_dim, path, "num_attention_heads x attention_head_dim")
+    take("conditioner_config.params.max_length", transformer["max_text_seq_length"], path, "max_text_seq_length")
 
     path, vae = _component(folder, "vae")
     _check_fixed(path, vae, VAE_FIXED)
-    widths = list(vae.get("block_out_channels", ()))
-    if not widths or any(width % widths[0] for width in widths):
+    widths = vae.get("block_out_channels")
+    check_model_value(f"{FIRST_STAGE}.ch_mult", widths, f"{path}: block_out_channels")
+    if any(width % widths[0] for width in widths):
         raise ValueError(f"{path}: block_out_channels {widths} must be multiples of the first; {SUPPORTED}")
-    first_stage = {"ch": widths[0], "ch_mult": [width // widths[0] for width in widths],
-                   "num_res_blocks": vae.get("layers_per_block", 3), "z_channels": vae.get("latent_channels", 16),
-                   "temporal_compress_times": vae.get("temporal_compression_ratio", 4)}
+    take(f"{FIRST_STAGE}.ch", widths[0], path, "block_out_channels")
+    take(f"{FIRST_STAGE}.ch_mult", [width // widths[0] for width in widths], path, "block_out_channels")
+    for ours, theirs, default in VAE_FIELDS:
+        take(f"{FIRST_STAGE}.{ours}", vae.get(theirs, default), path, theirs)
+    take("scale_factor", vae.get("scaling_factor", 1.15258426), path, "scaling_factor")
 
     path, scheduler = _component(folder, "scheduler", "scheduler_config.json")
     _check_fixed(path, scheduler, SCHEDULER_FIXED)
-    return {
-        "network_config": {"params": network},
-        "first_stage_config": {"params": first_stage},
-        "scale_factor": vae.get("scaling_factor", 1.15258426),
-        "sampler_config": {"params": {"shift_scale": scheduler.get("snr_shift_scale", 3.0)}},
-    }
+    take("sampler_config.params.shift_scale", scheduler.get("snr_shift_scale", 3.0), path, "snr_shift_scale")
+    return FolderModel(values, origins)
 
 
 def transformer_config(network: dict) -> dict:
@@ -265,8 +289,7 @@ def vae_config(params: dict, scale_factor: float) -> dict:
         "_class_name": "AutoencoderKLCogVideoX", **VAE_FIXED,
         "block_out_channels": [params["ch"] * m for m in params["ch_mult"]],
         "down_block_types": ["CogVideoXDownBlock3D"] * levels, "up_block_types": ["CogVideoXUpBlock3D"] * levels,
-        "layers_per_block": params["num_res_blocks"], "latent_channels": params["z_channels"],
-        "temporal_compression_ratio": params["temporal_compress_times"], "scaling_factor": scale_factor,
+        **{theirs: params[ours] for ours, theirs, _ in VAE_FIELDS}, "scaling_factor": scale_factor,
     }
 
 

@@ -7,8 +7,9 @@ is refused with one line before any model is built.
 """
 from dataclasses import dataclass
 
-from .config import check_index_range, mask_folder
+from .config import check_index_range, has_control_characters, mask_folder
 from .controllers import ALL_PROMPTS, CONTROLLERS, SOURCE_PROMPTS, TARGET_PROMPTS, scheduled
+from .run_size import window_count
 from .segment_layout import SegmentLayout, segment_layout, video_frames
 
 
@@ -35,8 +36,11 @@ PROMPT_DESCRIPTIONS = {2: "exactly 2 prompts (source, target)", 1: "exactly 1 pr
 
 def prompt_stem(prompt: str, limit: int = 120, byte_limit: int = 200) -> str:
     """The original's file-name form of a prompt: spaces -> '_', '/' removed, first `limit` characters; then at most
-    `byte_limit` bytes in UTF-8 (a file name holds 255 bytes; a CJK character takes 3), cut between characters."""
-    return prompt.replace(" ", "_").replace("/", "")[:limit].encode()[:byte_limit].decode(errors="ignore")
+    `byte_limit` bytes in UTF-8 (a file name holds 255 bytes; a CJK character takes 3), cut between characters.
+    Line breaks and tabs become '_' too, and other control characters are removed: a file name never holds them."""
+    stem = "".join("_" if character.isspace() else character for character in prompt.replace("/", "")
+                   if character.isspace() or not has_control_characters(character))
+    return stem[:limit].encode()[:byte_limit].decode(errors="ignore")
 
 
 @dataclass(frozen=True)
@@ -83,18 +87,19 @@ def plan_run(entry: EntryPoint, args, prompts) -> RunPlan:
     return RunPlan(entry, list(prompts), layout, videos, isolated, frames)
 
 
-def check_run(entry: EntryPoint, cfg, prompts) -> None:
-    """Everything that needs no weights: controllers this entry can run, prompt count, the model's limits."""
+def check_run(entry: EntryPoint, cfg, prompt_count: int) -> None:
+    """Everything that needs no weights: controllers this entry can run, prompt count (after single_prompt_length),
+    the model's limits."""
     args = cfg.args
     for name in args.adaln_mixin_names:
         if name not in entry.controllers:
             hosts = [e.script for e in ENTRY_POINTS.values() if name in e.controllers]
             raise ValueError(f"{entry.script} cannot run {name} (it accepts {', '.join(entry.controllers)}); "
                              f"{name} runs in {' or '.join(hosts)}")
-    if entry.prompt_count is not None and len(prompts) != entry.prompt_count:
-        raise ValueError(f"{entry.script} needs {PROMPT_DESCRIPTIONS[entry.prompt_count]}, got {len(prompts)}")
+    if entry.prompt_count is not None and prompt_count != entry.prompt_count:
+        raise ValueError(f"{entry.script} needs {PROMPT_DESCRIPTIONS[entry.prompt_count]}, got {prompt_count}")
     check_model_fit(cfg)
-    check_is_edit(entry, args, len(prompts))
+    check_is_edit(entry, args, prompt_count)
 
 
 def check_is_edit(entry: EntryPoint, args, num_prompts: int) -> None:
@@ -105,11 +110,8 @@ def check_is_edit(entry: EntryPoint, args, num_prompts: int) -> None:
     step count this implementation does not reproduce and is refused."""
     if "is_edit" not in args or not any(CONTROLLERS[name].steps_by_is_edit for name in args.adaln_mixin_names):
         return
-    if entry.plan == "long":  # DiT forwards per sampler step: one per window pair
-        forwards = segment_layout(num_prompts, args.sampling_num_frames, args.overlap_size, args.num_transition_blocks,
-                                  args.longer_mid_segment).num_windows - 1
-    else:
-        forwards = 1
+    windows = window_count(num_prompts, args.num_transition_blocks, args.longer_mid_segment)
+    forwards = windows - 1 if entry.plan == "long" else 1  # DiT forwards per sampler step: one per window pair
     original_windows = (num_prompts + args.num_transition_blocks * (num_prompts - 1)
                         + args.longer_mid_segment * (num_prompts - 2))
     counted = {True: 1, False: original_windows - 1}  # forwards per step of the original's counter

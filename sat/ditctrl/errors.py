@@ -21,6 +21,7 @@ import tempfile
 import time
 import traceback
 
+from .console import say
 from .output_files import OutputRun, OutputWriteError, first_line
 
 INTERRUPTED_NOTE = "no output of this run was kept; earlier outputs are unchanged"
@@ -42,7 +43,7 @@ def write_internal_log(error: BaseException) -> str:
     """Write the full traceback of `error` to a new log file in the temporary folder; return its path."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     fd, path = tempfile.mkstemp(prefix=f"ditctrl-error-{stamp}-", suffix=".log")
-    with os.fdopen(fd, "w") as log:
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as log:
         log.write(f"command: {' '.join(sys.argv)}\n")
         log.write("".join(traceback.format_exception(error)))
     return path
@@ -66,7 +67,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 
 def _stop(message: str, status: int):
-    print(message, file=sys.stderr)
+    say(message, file=sys.stderr)
     sys.exit(status)
 
 

@@ -22,6 +22,7 @@ import os
 import torch
 
 from .attention import AttentionController, AttentionVisualizer, build_controller
+from .console import say
 from .distributed import Ranks
 from .entry_points import RunPlan
 from .multi_prompt import MultiPromptDenoiser, long_noise, window_conditions
@@ -138,11 +139,11 @@ def generate(cfg, plan: RunPlan, device: str, ranks: Ranks = Ranks()) -> dict:
 def write_videos(pipeline: Pipeline, latent: torch.Tensor, files, controller: AttentionController, args) -> None:
     """Decode one controller's latent (B, T, C, H, W) and write its videos (and a visualiser's overview)."""
     frames = pipeline.decode(latent)  # (B, F, H, W, 3)
-    print(f"wrote {write_mp4(os.path.join(args.output_dir, files.together), side_by_side(frames), args.sampling_fps)}")
+    say(f"wrote {write_mp4(os.path.join(args.output_dir, files.together), side_by_side(frames), args.sampling_fps)}")
     for file_name, video in zip(files.per_prompt, frames):
-        print(f"wrote {write_mp4(os.path.join(args.output_dir, file_name), video, args.sampling_fps)}")
+        say(f"wrote {write_mp4(os.path.join(args.output_dir, file_name), video, args.sampling_fps)}")
     if isinstance(controller, AttentionVisualizer):
-        print(f"wrote {controller.write_overview(frames[0].numpy())}")
+        say(f"wrote {controller.write_overview(frames[0].numpy())}")
 
 
 def write_isolated_baseline(pipeline: Pipeline, plan: RunPlan, embeds: torch.Tensor, noise: torch.Tensor,
@@ -155,5 +156,5 @@ def write_isolated_baseline(pipeline: Pipeline, plan: RunPlan, embeds: torch.Ten
         latent = sample_clip(pipeline, embeds[p:p + 1], AttentionController(), noise[:, plan.layout.window(w)],
                              progress_bar(f"isolated prompt {p + 1}/{len(windows)}"))
         clips.append(pipeline.decode(latent)[0])
-        print(f"wrote {write_mp4(os.path.join(args.output_dir, plan.isolated[p]), clips[-1], args.sampling_fps)}")
-    print(f"wrote {write_mp4(os.path.join(args.output_dir, plan.isolated[-1]), torch.cat(clips), args.sampling_fps)}")
+        say(f"wrote {write_mp4(os.path.join(args.output_dir, plan.isolated[p]), clips[-1], args.sampling_fps)}")
+    say(f"wrote {write_mp4(os.path.join(args.output_dir, plan.isolated[-1]), torch.cat(clips), args.sampling_fps)}")

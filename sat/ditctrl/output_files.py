@@ -9,6 +9,9 @@ fails or is interrupted removes them, so every earlier output stays as it was.
 
 A claimed folder carries a lock file (pid, host, start time of its run). A second run into the
 folder is refused naming the first; a lock left by a killed run is reported as stale, never taken over.
+Folders nest: a run is refused as well when a folder above or below one it claims carries another run's lock
+(each run checks after taking its own lock, so of two runs starting together at least one sees the other).
+The folders a run made are removed again, when empty, if it does not finish: a refused run leaves nothing.
 This module imports nothing heavy, so the entry scripts can use it before torch is loaded.
 """
 import contextlib
@@ -89,7 +92,7 @@ def write_file(path: str, write, verify=None, last: bool = False) -> str:
     """
     temporary = temporary_path(path)
     try:
-        os.makedirs(os.path.dirname(temporary), exist_ok=True)
+        make_folders(os.path.dirname(temporary))
         write(temporary)
         if verify is not None:
             verify(temporary)
@@ -147,23 +150,59 @@ def _is_held(lock_path: str) -> bool:
         os.close(fd)
 
 
-def _refusal(folder: str, lock_path: str) -> str:
+def _inside(folder: str, path: str) -> bool:
+    """Whether `path` is `folder` or lies inside it (both absolute)."""
+    return os.path.commonpath([folder, path]) == folder
+
+
+def _refusal(key: str, folder: str, lock_path: str) -> str:
+    """Why `folder` (the run's `key`, e.g. args.output_dir) cannot be used: the lock at `lock_path` (in the folder,
+    above or below it) is another run's, a stale one, or one of another machine."""
+    locked = os.path.dirname(lock_path)
+    subject = f"{key} {folder}"
+    if locked != folder:
+        subject += f" {'lies inside' if _inside(locked, folder) else 'holds'} {locked}, which"
     owner = _lock_owner(lock_path)
     who = f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}, started {owner.get('started', '?')}"
     if _is_held(lock_path):
-        return f"output_dir {folder} is in use by another run ({who}); wait for it or choose another args.output_dir"
+        return f"{subject} is in use by another run ({who}); wait for it or choose another {key}"
     if owner.get("host") not in (None, socket.gethostname()):
-        return (f"output_dir {folder} is locked by a run on another machine ({who}); if no run uses it, "
-                f"delete {lock_path}")
-    return (f"output_dir {folder} has a stale lock of a run that did not finish ({who}); if no run uses it, "
+        return f"{subject} is locked by a run on another machine ({who}); if no run uses it, delete {lock_path}"
+    return (f"{subject} has a stale lock of a run that did not finish ({who}); if no run uses it, "
             f"delete {lock_path} (and any .*{PARTIAL_TAG}* files there) and run again")
 
 
-def lock_folder(folder: str) -> int:
+def locks_around(folder: str) -> list:
+    """The lock files in the folders above `folder` (absolute) and in the folders below it, not its own."""
+    above = [os.path.join(parent, LOCK_NAME) for parent in _parents(folder)]
+    below = [os.path.join(root, LOCK_NAME) for root, _, files in os.walk(folder) if LOCK_NAME in files and root != folder]
+    return [path for path in above if os.path.isfile(path)] + sorted(below)
+
+
+def _parents(folder: str) -> list:
+    parents = []
+    while (parent := os.path.dirname(folder)) != folder:
+        parents.append(parent)
+        folder = parent
+    return parents
+
+
+def make_folders(folder: str) -> None:
+    """`os.makedirs(folder, exist_ok=True)`; inside an `OutputRun` the folders made are recorded, so that the run
+    removes them again (when empty) if it does not finish."""
+    folder = os.path.abspath(folder)
+    missing = [path for path in [folder, *_parents(folder)] if not os.path.isdir(path)]
+    os.makedirs(folder, exist_ok=True)
+    if OutputRun.active is not None:
+        OutputRun.active.made += reversed(missing)
+
+
+def lock_folder(folder: str, key: str = "args.output_dir") -> int:
     """Create `folder/.ditctrl.lock` naming this process and hold its flock; return its descriptor.
 
     The lock file is written in full under a temporary name and hard-linked into place, so another
-    run never sees it half-written. Raises FolderInUseError when the folder is already locked.
+    run never sees it half-written. Raises FolderInUseError (naming the folder as the run's `key`) when the
+    folder is already locked.
     """
     lock_path = os.path.join(folder, LOCK_NAME)
     temporary = temporary_path(lock_path)
@@ -176,7 +215,7 @@ def lock_folder(folder: str) -> int:
         os.link(temporary, lock_path)
     except FileExistsError:
         os.close(fd)
-        raise FolderInUseError(_refusal(folder, lock_path)) from None
+        raise FolderInUseError(_refusal(key, os.path.abspath(folder), lock_path)) from None
     except BaseException:
         os.close(fd)
         raise
@@ -228,6 +267,7 @@ class OutputRun:
     def __init__(self):
         self.locks = {}  # absolute folder -> lock descriptor
         self.staged = {}  # final path -> (temporary path, last)
+        self.made = []  # the folders this run made, outermost first
         self.committed = False  # every staged file renamed into place
 
     def __enter__(self):
@@ -246,15 +286,38 @@ class OutputRun:
             for folder, fd in self.locks.items():
                 unlock_folder(folder, fd)
             self.locks.clear()
+            if not self.committed:
+                self._remove_made_folders()
             OutputRun.active = None
         return False
 
-    def claim(self, folder: str) -> None:
-        """Lock `folder` (which must exist) for this run; its files are staged until the run ends."""
+    def claim(self, folder: str, key: str = "args.output_dir") -> None:
+        """Lock `folder` (which must exist; `key` names it in errors) for this run; its files are staged until the
+        run ends. Another run's lock in a folder above or below it refuses the folder (FolderInUseError)."""
         folder = os.path.abspath(folder)
         if not self.holds(os.path.join(folder, LOCK_NAME)):
             with _signals_deferred():  # a lock taken is a lock recorded, so it is always released
-                self.locks[folder] = lock_folder(folder)
+                self.locks[folder] = lock_folder(folder, key)
+            for lock_path in locks_around(folder):
+                if os.path.dirname(lock_path) not in self.locks:
+                    raise FolderInUseError(_refusal(key, folder, lock_path))
+
+    def files_left_as_they_were(self) -> list:
+        """Every file in the run's folders that the run does not write (hidden ones, e.g. locks, aside): what
+        earlier runs left there."""
+        found = set()
+        for folder in self.locks:
+            for root, _, files in os.walk(folder):
+                found.update(os.path.join(root, name) for name in files if not name.startswith("."))
+        return sorted(found - set(self.staged))
+
+    def _remove_made_folders(self) -> None:
+        for folder in reversed(self.made):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (another process wrote there) or gone: leave it
+                pass
+        self.made.clear()
 
     def holds(self, path: str) -> bool:
         path = os.path.abspath(path)

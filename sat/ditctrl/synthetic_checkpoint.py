@@ -290,7 +290,7 @@ def write_synthetic_checkpoints(cfg, device: str = "cpu", seed: int = 0, parts=P
 
     `layout` 'sat' writes where the config's three paths point; 'diffusers' writes all parts into one folder,
     the one `args.load` names, with safetensors shards of at most `max_shard_bytes`. Every folder is claimed
-    (see `claim_synthetic_folder`) before the first file is written.
+    (see `synthetic_folders.claim_part_folders`) before the first file is written.
     """
     paths = weight_paths(cfg, layout)
     network = OmegaConf.to_container(cfg.model.network_config.params)

@@ -27,19 +27,33 @@ def _may_create(folder: str) -> bool:
     return os.path.isdir(os.path.dirname(folder)) or os.path.commonpath([folder, SAT_DIR]) == SAT_DIR
 
 
-def claim_synthetic_folder(folder: str) -> None:
-    """Make `folder` the writer's own, or raise NotSyntheticFolderError (see the module docstring)."""
-    if not os.path.isdir(folder) and not _may_create(folder):
-        raise NotSyntheticFolderError(
-            f"refusing to write random weights into {folder}: {os.path.dirname(os.path.abspath(folder))} does not "
-            "exist (outside sat/ the synthetic writer only makes a folder inside an existing one); check the path")
-    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, SYNTHETIC_MARK)):
-        foreign = sorted(os.listdir(folder))
-        if foreign:
-            raise NotSyntheticFolderError(
-                f"refusing to write random weights into {folder}: it holds files the synthetic writer did not write "
-                f"({', '.join(foreign[:3])}), perhaps a real checkpoint; point the config at a new or empty folder")
-    write_text(os.path.join(folder, SYNTHETIC_MARK), "random-weight checkpoints of sat/make_synthetic_checkpoint.py\n")
+def _refusal(folder: str, missing=()) -> str | None:
+    """Why the writer must not write into `folder` (see the module docstring), naming the `missing` files it was to
+    write there; None when it may."""
+    if not os.path.isdir(folder):
+        if _may_create(folder):
+            return None
+        return (f"refusing to write random weights into {folder}: {os.path.dirname(os.path.abspath(folder))} does not "
+                "exist (outside sat/ the synthetic writer only makes a folder inside an existing one); check the path")
+    foreign = sorted(os.listdir(folder))
+    if os.path.isfile(os.path.join(folder, SYNTHETIC_MARK)) or not foreign:
+        return None
+    lacks = f"{folder} lacks {', '.join(os.path.basename(path) for path in missing)}; " if missing else ""
+    return (f"{lacks}refusing to write random weights into {folder}: it holds files the synthetic writer did not "
+            f"write ({', '.join(foreign[:3])}), perhaps a real checkpoint; "
+            + ("complete it (README.md, 'Download the weights') or " if missing else "")
+            + "point the config at a new or empty folder")
+
+
+def claim_folders(folders, missing=None) -> None:
+    """Claim every folder of `folders`, or none: all are checked before the first is made or marked, so a refusal
+    leaves nothing behind. `missing`: folder -> the files the writer was to write there, for the refusal."""
+    for folder in folders:
+        refusal = _refusal(folder, (missing or {}).get(folder, ()))
+        if refusal:
+            raise NotSyntheticFolderError(refusal)
+    for folder in folders:
+        write_text(os.path.join(folder, SYNTHETIC_MARK), "random-weight checkpoints of sat/make_synthetic_checkpoint.py\n")
 
 
 def part_folders(paths: dict) -> dict:
@@ -47,12 +61,12 @@ def part_folders(paths: dict) -> dict:
     return {"transformer": paths["transformer"], "vae": os.path.dirname(paths["vae"]), "t5": paths["t5"]}
 
 
-def claim_part_folders(paths: dict, parts) -> None:
-    """Claim the folders of `parts` (see `claim_synthetic_folder`), a diffusers folder as a whole, before any
-    weights are written."""
+def claim_part_folders(paths: dict, parts, missing: dict | None = None) -> None:
+    """Claim the folders of `parts` (see `claim_folders`), a diffusers folder as a whole, before any weights are
+    written; `missing` (part -> its missing files, from `synthetic_folders.missing_parts`) names them in a refusal."""
     if paths["layout"] == "diffusers":
-        claim_synthetic_folder(paths["root"])
+        claim_folders([paths["root"]])
         return
     folders = part_folders(paths)
-    for part in parts:
-        claim_synthetic_folder(folders[part])
+    claim_folders([folders[part] for part in parts],
+                  {folders[part]: files for part, files in (missing or {}).items()})

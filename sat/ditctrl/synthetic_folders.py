@@ -5,26 +5,26 @@ so a refused folder (`synthetic_claims.py`) is one line at once.
 import os
 
 from .checkpoints import MissingCheckpointError, check_t5_folder
+from .console import say
 from .synthetic_claims import PARTS, claim_part_folders, part_folders
 from .weights import weight_paths
 
 
-def missing_parts(cfg) -> list:
-    """The parts whose checkpoint is not on disk (`latest`, the VAE file, a complete T5 folder); none of a
-    diffusers folder, which is recognised only once complete (its model_index.json is written last)."""
+def missing_parts(cfg) -> dict:
+    """The parts whose checkpoint is not on disk (`latest`, the VAE file, a complete T5 folder), each with its missing
+    files; none of a diffusers folder, which is recognised only once complete (its model_index.json is written
+    last)."""
     paths = weight_paths(cfg)
     if paths["layout"] == "diffusers":
-        return []
-    present = {
-        "transformer": os.path.isfile(os.path.join(paths["transformer"], "latest")),
-        "vae": os.path.isfile(paths["vae"]),
-    }
+        return {}
+    missing = {"transformer": [os.path.join(paths["transformer"], "latest")], "vae": [paths["vae"]]}
+    missing = {part: [path for path in files if not os.path.isfile(path)] for part, files in missing.items()}
     try:
         check_t5_folder(paths["t5"], paths["tokenizer"])
-        present["t5"] = True
-    except MissingCheckpointError:
-        present["t5"] = False
-    return [part for part in PARTS if not present[part]]
+        missing["t5"] = []
+    except MissingCheckpointError as error:
+        missing["t5"] = list(error.paths)
+    return {part: missing[part] for part in PARTS if missing[part]}
 
 
 def ensure_synthetic_checkpoints(cfg, device: str = "cpu") -> None:
@@ -35,8 +35,8 @@ def ensure_synthetic_checkpoints(cfg, device: str = "cpu") -> None:
     parts = missing_parts(cfg)
     if parts:
         paths = weight_paths(cfg)
-        claim_part_folders(paths, parts)
+        claim_part_folders(paths, parts, missing=parts)
         from .synthetic_checkpoint import write_synthetic_checkpoints  # torch and SAT: only when there is work
-        print(f"writing random-weight checkpoints ({', '.join(parts)}) to "
-              f"{', '.join(part_folders(paths)[part] for part in parts)} (once; later runs reuse them)")
+        say(f"writing random-weight checkpoints ({', '.join(parts)}) to "
+            f"{', '.join(part_folders(paths)[part] for part in parts)} (once; later runs reuse them)")
         write_synthetic_checkpoints(cfg, device, parts=parts)

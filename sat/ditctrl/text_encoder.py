@@ -12,6 +12,7 @@ from transformers import T5EncoderModel, T5Tokenizer
 from transformers.utils import logging as transformers_logging
 
 from ditctrl.checkpoints import MissingCheckpointError, check_t5_folder, tokenizer_file
+from ditctrl.console import say
 
 T5_MAX_LENGTH = 226
 
@@ -64,9 +65,9 @@ class T5Tokens:
         counts = [len(ids) for ids in self.tokenizer(distinct, verbose=False).input_ids]
         cut = [(position, count) for position, count in enumerate(counts) if count > self.max_length]
         for position, count in cut:
-            print(f"note: prompt {position} has {count} T5 tokens (with </s>) but the text context holds "
-                  f"{self.max_length}; its last {count - self.max_length} tokens are cut: "
-                  f"\"{distinct[position][:40]}...\"")
+            say(f"note: prompt {position} has {count} T5 tokens (with </s>) but the text context holds "
+                f"{self.max_length}; its last {count - self.max_length} tokens are cut: "
+                f"\"{distinct[position][:40]}...\"")
         return cut
 
     def tokens(self, prompt):

@@ -1,4 +1,11 @@
 """Writing sampled frames as mp4 files, named like the original's outputs."""
+import errno
+import os
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
+
 import imageio
 import imageio_ffmpeg
 import numpy as np
@@ -6,13 +13,55 @@ import torch
 
 from .output_files import OutputCheckError, first_line, write_file
 
+# Causes worth naming that ffmpeg prints in its own words (the OS's message) when it cannot write a file.
+OS_CAUSES = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                                                 errno.EIO))
+_LOG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")  # "[out#0/mp4 @ 0x55…] " before ffmpeg's messages
 
-def _check_frame_count(path: str, expected: int) -> None:
-    """Decode the whole file again with ffmpeg; it must hold `expected` frames."""
+
+def ffmpeg_cause(text: str) -> str | None:
+    """The cause in what ffmpeg printed: an OS error it names (e.g. "No space left on device"), else its last line
+    (without the "[muxer @ 0x…]" tags); None when it printed nothing."""
+    for cause in OS_CAUSES:
+        if cause.lower() in text.lower():
+            return cause
+    lines = [_LOG_PREFIX.sub("", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1] if lines else None
+
+
+@contextmanager
+def _stderr_of_started_processes(into: list):
+    """Point file descriptor 2 at a temporary file in the block, so that ffmpeg (which imageio's writer starts with
+    our stderr) prints into it instead of on the terminal; the text is appended to `into` when the block ends."""
+    with tempfile.TemporaryFile() as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            into.append(log.read().decode(errors="replace"))
+
+
+def _os_cause_error(writer_messages: str) -> OutputCheckError | None:
+    """The error to report when the writing ffmpeg printed an OS error (a full disk), else None."""
+    cause = ffmpeg_cause(writer_messages)
+    return OutputCheckError(f"{cause} (ffmpeg could not finish the video)") if cause in OS_CAUSES else None
+
+
+def _check_frame_count(path: str, expected: int, writer_messages: str = "") -> None:
+    """Decode the whole file again with ffmpeg; it must hold `expected` frames. A file that does not read back is
+    reported with the cause the writing ffmpeg printed (`writer_messages`), else the reading one's."""
     try:
         frames, _ = imageio_ffmpeg.count_frames_and_secs(path)
     except (RuntimeError, OSError) as error:
-        raise OutputCheckError(f"the video does not read back ({first_line(error)})") from error
+        cause = ffmpeg_cause(str(error)) or first_line(error)
+        raise _os_cause_error(writer_messages) or OutputCheckError(f"the video does not read back ({cause})") from error
     if frames != expected:
         raise OutputCheckError(f"the video reads back with {frames} frames instead of {expected}")
 
@@ -21,17 +70,24 @@ def write_mp4(path: str, frames: torch.Tensor, fps: int) -> str:
     """Write (F, H, W, 3) uint8 frames with libx264 (imageio-ffmpeg, quality 8 like the original).
 
     Safely (`output_files.write_file`): the file is reopened and its frame count compared before it
-    takes its final name.
+    takes its final name. What ffmpeg prints while writing is kept off the terminal and read for the cause when the
+    video does not read back (a full disk: "No space left on device").
     """
-    def write(temporary):
-        writer = imageio.get_writer(temporary, fps=fps, quality=8, macro_block_size=1)
-        try:
-            for frame in frames.numpy():
-                writer.append_data(np.ascontiguousarray(frame))
-        finally:  # also on errors, which imageio's own __exit__ leaves to the garbage collector: ffmpeg is done
-            writer.close()  # before the temporary file is removed
+    messages = []
 
-    return write_file(path, write, verify=lambda temporary: _check_frame_count(temporary, len(frames)))
+    def write(temporary):
+        try:
+            with _stderr_of_started_processes(messages):
+                writer = imageio.get_writer(temporary, fps=fps, quality=8, macro_block_size=1)
+                try:
+                    for frame in frames.numpy():
+                        writer.append_data(np.ascontiguousarray(frame))
+                finally:  # also on errors, which imageio's own __exit__ leaves to the garbage collector: ffmpeg is
+                    writer.close()  # done before the temporary file is removed
+        except OSError as error:  # ffmpeg ended while frames were still coming (a broken pipe): say why it ended
+            raise _os_cause_error("".join(messages)) or error
+
+    return write_file(path, write, verify=lambda temporary: _check_frame_count(temporary, len(frames), "".join(messages)))
 
 
 def side_by_side(videos: torch.Tensor) -> torch.Tensor:

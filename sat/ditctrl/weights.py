@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from .checkpoints import (OLD_HUB_CLI, MissingCheckpointError, StateDictSource, check_t5_folder, download_command,
                           read_transformer_state_dict, read_vae_state_dict, tokenizer_file, transformer_file)
+from .config import check_model_value
 from .diffusers_layout import TRANSFORMER_NAMES, VAE_NAMES, DiffusersSource, NameMap, detect_layout, read_model_configs
 
 SAT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,9 +72,9 @@ def _require_files(paths: dict, model_name: str) -> None:
 def check_weight_files(cfg) -> dict:
     """Check that every weight file of the run is there; return `weight_paths(cfg)`.
 
-    One error names every missing path and the download of the configured model (`model.name`). From a
-    diffusers folder the model's shape, VAE scale factor and SNR shift are then taken into `cfg.model` (see
-    docs/weights.md, "What comes from where"). Reads folder listings and JSON configs only.
+    One error names every missing path and the download of the configured model (`model.name`). Reads folder
+    listings only; `resolve_model` has taken a diffusers folder's model shape into the config before (see
+    docs/weights.md, "What comes from where").
     """
     load, model_name = weight_path(cfg.args.load), cfg.model.name
     if not os.path.isdir(load):
@@ -83,17 +84,50 @@ def check_weight_files(cfg) -> dict:
                          f"{download_command(model_name)}) nor a SAT transformer folder (latest + <iteration>/)")
     paths = weight_paths(cfg)
     _require_files(paths, model_name)
-    if paths["layout"] == "diffusers":
-        folder_model = read_model_configs(paths["root"])
-        _require_same_family(cfg.model, folder_model, paths["root"])
-        cfg.model = OmegaConf.merge(cfg.model, folder_model)
     return paths
 
 
-def _require_same_family(model, folder_model: dict, root: str) -> None:
+# `model` keys a diffusers folder makes unused: it brings its own VAE and T5 (vae/, text_encoder/, tokenizer/).
+SAT_LAYOUT_ONLY = ("first_stage_config.ckpt_path", "conditioner_config.params.model_dir")
+
+
+def resolve_model(cfg, requested=None) -> tuple:
+    """The run's config with the model a diffusers folder at `args.load` fixes (its shape, T5 context, VAE scale
+    factor and SNR shift; see README: what comes from where), and where each of those values came from
+    (dotted key -> "<file>: <field>", for `config.validate_model` to name); for a SAT folder `cfg` as it is.
+
+    `requested`: the `model` settings the case file and the overrides gave; one the folder replaces with another
+    value, or makes unused (SAT_LAYOUT_ONLY), is refused: it would be silently ignored. Reads JSON configs only.
+    """
+    load = weight_path(cfg.args.load)
+    if not os.path.isdir(load) or detect_layout(load) != "diffusers":
+        return cfg, {}
+    paths = weight_paths(cfg)
+    _require_files(paths, cfg.model.name)
+    folder = read_model_configs(paths["root"])
+    _require_same_family(cfg.model, folder, paths["root"])
+    for key in [*folder.values, *SAT_LAYOUT_ONLY]:
+        asked = None if requested is None else OmegaConf.select(requested, key)
+        if asked is None:
+            continue
+        if key in SAT_LAYOUT_ONLY:
+            raise ValueError(f"model.{key} = {asked} (case file or command line) has no effect: the diffusers folder "
+                             f"{paths['root']} brings its own VAE and T5; remove the setting")
+        if asked != folder.values[key]:
+            raise ValueError(f"model.{key} = {asked} (case file or command line) has no effect: the diffusers folder "
+                             f"sets it ({folder.origins[key]} = {folder.values[key]!r}); remove the setting")
+    fixed = OmegaConf.create()
+    for key, value in folder.values.items():
+        OmegaConf.update(fixed, key, value, force_add=True)
+    return OmegaConf.merge(cfg, {"model": fixed}), folder.origins
+
+
+def _require_same_family(model, folder, root: str) -> None:
     """A diffusers folder gives the model's shape, but the run's other defaults (dtype, controlled layers) come from
     --model: a folder of the other family (rotary position embedding or not: 5B or 2B) is refused."""
-    rotary = folder_model["network_config"]["params"]["rotary_position_embedding"]
+    key = "network_config.params.rotary_position_embedding"
+    rotary = folder.values[key]
+    check_model_value(key, rotary, folder.origins[key])
     if rotary != model.network_config.params.rotary_position_embedding:
         family, option = ("CogVideoX-5B", "5b") if rotary else ("CogVideoX-2B", "2b")
         raise ValueError(f"{root} holds a {family}-type model (rotary position embedding: {rotary}) but the run is "

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..attention_figures import TokenMaps, heatmap_figure, overview_figure, token_panels_figure
 from ..config import MAPS_FOLDER
+from ..console import say
 from ..output_files import write_file
 from ..pair_batch import split_guidance
 from .control import AttentionController, ControlSchedule
@@ -176,8 +177,8 @@ class AttentionVisualizer(AttentionController):
         self._save_heatmap(mean["temporal"], os.path.join(folder, f"temporal_attn_map_pos_{row}_{col}"),
                            f"Temporal Attention Map at Position ({row}, {col}) ({where})", "Frame Index", 8)
         self.records.append(TokenMaps(step, layer, layout.token_frame, self.labels, token_maps))
-        # written while the sampler's progress bar runs: above it, not into it
-        tqdm.write(f"saved attention maps of step {step}, layer {layer} (mean of layers 0-{layer}) to {folder}")
+        with tqdm.external_write_mode():  # written while the sampler's progress bar runs: above it, not into it
+            say(f"saved attention maps of step {step}, layer {layer} (mean of layers 0-{layer}) to {folder}")
 
     def _save_heatmap(self, block: torch.Tensor, stem: str, title: str, axis_label: str, size_in: float,
                       grid: bool = False) -> None:
