@@ -24,12 +24,14 @@ class GuidedDenoiser:
     `cfg_steps` is the step count of the dynamic-CFG schedule: the original keeps 50 whatever the
     sampler's step count (`model.sampler_config.params.cfg_num_steps`). `shift_scale` is the SNR shift of the
     table the sampler's alphas are snapped to: the sampler's own (2B 3.0, 5B 1.0), as the original's denoiser.
+    With `dynamic_cfg` False the guidance scale is `cfg_scale` at every step (DDIM inversion and its replay).
     """
 
     def __init__(self, model, cfg_scale: float = 6.0, cfg_exp: float = 5.0, cfg_steps: int = ORIGINAL_CFG_STEPS,
-                 shift_scale: float = SHIFT_SCALE):
+                 shift_scale: float = SHIFT_SCALE, dynamic_cfg: bool = True):
         self.model = model
         self.cfg_scale, self.cfg_exp, self.cfg_steps = cfg_scale, cfg_exp, cfg_steps
+        self.dynamic_cfg = dynamic_cfg
         self.table = denoiser_table(shift_scale)
 
     def __call__(self, x, step, alpha, timestep, cond, uncond, pair=None) -> torch.Tensor:
@@ -66,7 +68,13 @@ class GuidedDenoiser:
     def _timesteps(x2, timestep) -> torch.Tensor:
         return torch.full((x2.shape[0],), float(timestep), device=x2.device)
 
+    def guidance_scale(self, timestep) -> float:
+        """The classifier-free guidance scale at DDPM timestep `timestep`."""
+        if not self.dynamic_cfg:
+            return self.cfg_scale
+        return dynamic_cfg_scale(timestep, self.cfg_scale, self.cfg_exp, self.cfg_steps)
+
     def _guided_x0(self, x2, v, alpha, timestep) -> torch.Tensor:
         """v (2B, ...) of the batch x2 = [x; x] ([uncond; cond] rows) -> guided x0 (B, ...), fp32."""
         x0_uncond, x0_cond = split_guidance(v_to_x0(x2, v, quantize_alpha(alpha, self.table).item()))
-        return guide(x0_uncond, x0_cond, dynamic_cfg_scale(timestep, self.cfg_scale, self.cfg_exp, self.cfg_steps))
+        return guide(x0_uncond, x0_cond, self.guidance_scale(timestep))
