@@ -43,3 +43,15 @@ class ExplicitReweighting(AttentionController):
         for target in TARGET_ROWS:
             out[target] = explicit_attention(q[target], k[rows[target]], v[rows[target]], lambda p: p * factor)
         return out
+
+
+class ExplicitReferenceAttention(AttentionController):
+    """In controlled layers each target row attends over its own keys and values followed by its source row's."""
+
+    def __call__(self, q, k, v, layer, text_length):
+        out = explicit_attention(q, k, v)
+        if self.active(layer):
+            for target, source in TARGET_ROWS.items():
+                out[target] = explicit_attention(q[target], torch.cat([k[target], k[source]], dim=-2),
+                                                 torch.cat([v[target], v[source]], dim=-2))
+        return out

@@ -183,7 +183,7 @@ def test_wrong_type_in_a_file_names_the_file(tmp_path):
      "unknown controller 'KVSharingAdaLnMixin' in args.adaln_mixin_names; did you mean 'KVSharingAdaLNMixin'?"),
     (["args.adaln_mixin_names=[Nothing]"],
      "unknown controller 'Nothing' in args.adaln_mixin_names; choices: BaseAdaLNMixin, KVSharingAdaLNMixin, "
-     "KVSharingMaskGuidedAdaLNMixin, ReWeightAdaLNMixin, VisualizeAdaLNMixin"),
+     "KVSharingMaskGuidedAdaLNMixin, ReferenceAttentionAdaLNMixin, ReWeightAdaLNMixin, VisualizeAdaLNMixin"),
     (["args.adaln_mixin_names=[]"], "args.adaln_mixin_names is empty: name at least one controller"),
     (["args.adaln_mixin_names=[KVSharingAdaLNMixin,BaseAdaLNMixin,KVSharingAdaLNMixin]"],
      "args.adaln_mixin_names lists KVSharingAdaLNMixin more than once; each controller runs once per run"),

@@ -1,11 +1,13 @@
 """Building the models from checkpoint files, as the entry scripts do."""
+import pytest
 import torch
 from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ditctrl import weight_shapes, weights
-from ditctrl.checkpoints import POSITION_TABLE_KEY, read_transformer_state_dict
+from diffusers_vae_reference import diffusers_vae_from_sat
+from ditctrl.checkpoints import POSITION_TABLE_KEY, read_transformer_state_dict, read_vae_state_dict
 from ditctrl.config import MODEL_CONFIG, TINY_MODEL_CONFIG, load_config
 from ditctrl.dit import DiffusionTransformer
 from ditctrl.pipeline import Pipeline, allocate_empty, build_transformer
@@ -109,3 +111,28 @@ def test_decode_takes_one_row_at_a_time_as_the_original():
             expected = (255 * ((video.float() + 1) / 2).clamp(0, 1)).to(torch.uint8).permute(0, 2, 3, 4, 1)
             assert torch.equal(frames[row:row + 1], expected)
     assert seen == [1, 1] and frames.shape == (2, 9, 8 * network.latent_height, 8 * network.latent_width, 3)
+
+
+def test_vae_keeps_its_encoder_only_when_asked_and_encodes_frames_as_the_dit_takes_them():
+    """load_vae() drops the encoder; load_vae(keep_encoder=True) keeps the checkpoint's, and encode_frames gives
+    diffusers' posterior mode of the frames in [-1, 1] (default frame batching) × scale_factor, as (1, T, C, h, w)."""
+    cfg = load_config([MODEL_CONFIG, TINY_MODEL_CONFIG], require_prompts=False)
+    ensure_synthetic_checkpoints(cfg)
+    pipeline = Pipeline(cfg, "cpu")
+    pipeline.load_vae()
+    assert pipeline.vae.encoder is None
+    pipeline.load_vae(keep_encoder=True)
+    checkpoint = read_vae_state_dict(weights.weight_paths(cfg)["vae"])
+    assert all(torch.equal(value, checkpoint[f"encoder.{key}"])
+               for key, value in pipeline.vae.encoder.state_dict().items())
+    frames = torch.randint(0, 256, (17, 32, 48, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    latent = pipeline.encode_frames(frames)
+    params = OmegaConf.to_container(cfg.model.first_stage_config.params)
+    reference = diffusers_vae_from_sat(checkpoint, params["ch"], params["ch_mult"], params["num_res_blocks"])
+    with torch.no_grad():
+        mode = reference.encode(frames.permute(3, 0, 1, 2)[None].float() / 127.5 - 1).latent_dist.mode()
+    assert latent.shape == (1, 5, 16, 4, 6) and latent.dtype == torch.float32
+    torch.testing.assert_close(latent, (mode * cfg.model.scale_factor).permute(0, 2, 1, 3, 4), rtol=0, atol=1e-4)
+    pipeline.release_vae_encoder()
+    with pytest.raises(RuntimeError, match="keep_encoder=True"):
+        pipeline.encode_frames(frames)

@@ -105,7 +105,8 @@ def test_multi_prompt_with_isolated_baseline(out):
     (["args.sampling_num_frames=12"], "must be odd"),
     (["args.adaln_mixin_names=[VisualizeAdaLNMixin]"],
      "sample_video.py cannot run VisualizeAdaLNMixin (it accepts BaseAdaLNMixin, KVSharingAdaLNMixin, "
-     "KVSharingMaskGuidedAdaLNMixin, ReWeightAdaLNMixin); VisualizeAdaLNMixin runs in sample_video_visualize.py"),
+     "KVSharingMaskGuidedAdaLNMixin, ReferenceAttentionAdaLNMixin, ReWeightAdaLNMixin); VisualizeAdaLNMixin runs in "
+     "sample_video_visualize.py"),
     (["args.adaln_mixin_names=[ReWeightAdaLNMixin]", "args.reweight_token_idx=[2,40]",
       "args.prompts=[a red rose in a garden,a red rose in a garden]"], "args.reweight_token_idx = 40 is outside prompt 0"),
     (["args.adaln_mixin_names=[ReWeightAdaLNMixin]", "args.prompts=[a red rose,a rose in a garden]"],

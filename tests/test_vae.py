@@ -6,7 +6,7 @@ import torch
 
 from diffusers_vae_reference import diffusers_vae_from_sat
 from ditctrl import vae as vae_module
-from ditctrl.vae import CausalConv3d, CogVideoXVAE
+from ditctrl.vae import CausalConv3d, CogVideoXVAE, encode_chunks
 
 TINY = dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1)
 LATENT_HW = (4, 6)
@@ -160,6 +160,48 @@ def test_encode_sample_matches_diffusers_sample(ours, reference, monkeypatch):
     got = ours.encode(x, sample=True, generator=torch.Generator().manual_seed(7))
     assert max_diff(got, expected) <= TOL
     assert max_diff(got, ours.encode(x)) > 1e-2
+
+
+def video(frames: int, seed: int) -> torch.Tensor:
+    return torch.rand(1, 3, frames, 32, 48, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_encode_chunks_are_diffusers_frame_batches():
+    """diffusers batches 8 frames, the first batch taking the remainder (its `_encode` loop)."""
+    assert encode_chunks(49) == [(0, 9), (9, 17), (17, 25), (25, 33), (33, 41), (41, 49)]
+    assert encode_chunks(21) == [(0, 13), (13, 21)]
+    assert encode_chunks(13) == [(0, 13)] and encode_chunks(5) == [(0, 5)] and encode_chunks(1) == [(0, 1)]
+
+
+@pytest.mark.parametrize("frames", [17, 21])
+def test_chunked_encode_matches_diffusers_default_mean_and_sample(ours, reference, frames):
+    """Several chunks (causal context carried, GroupNorm per chunk): the mean equals diffusers' mode, and the draw
+    with a fixed generator its sample, with diffusers' default frame batching."""
+    x = video(frames, seed=100 + frames)
+    assert reference.num_sample_frames_batch_size == 8 and len(encode_chunks(frames)) == 2
+    posterior = reference.encode(x).latent_dist
+    assert max_diff(ours.encode(x), posterior.mode()) <= TOL
+    expected = posterior.sample(generator=torch.Generator().manual_seed(5))
+    assert max_diff(ours.encode(x, sample=True, generator=torch.Generator().manual_seed(5)), expected) <= TOL
+
+
+def test_one_call_encode_matches_diffusers_in_one_batch(ours, reference, monkeypatch):
+    x = video(17, seed=110)
+    monkeypatch.setattr(reference, "num_sample_frames_batch_size", 17)
+    posterior = reference.encode(x).latent_dist
+    assert max_diff(ours.encode(x, chunked=False), posterior.mode()) <= TOL
+    expected = posterior.sample(generator=torch.Generator().manual_seed(6))
+    got = ours.encode(x, sample=True, generator=torch.Generator().manual_seed(6), chunked=False)
+    assert max_diff(got, expected) <= TOL
+    assert max_diff(got, ours.encode(x, chunked=False)) > 1e-2  # the draw is not the mean
+
+
+def test_chunked_encode_differs_from_one_call_and_leaves_no_context(ours):
+    """GroupNorm statistics per chunk make chunking more than a reordering; no context outlives the call."""
+    x = video(17, seed=120)
+    assert max_diff(ours.encode(x), ours.encode(x, chunked=False)) > 1e-3
+    assert all(c.context is None and not c.carry_context for c in ours.encoder.modules()
+               if isinstance(c, CausalConv3d))
 
 
 def test_even_latent_frame_count_is_rejected(ours):

@@ -37,6 +37,7 @@ CONTROLLERS = {
     "KVSharingMaskGuidedAdaLNMixin": ControllerSpec(
         "MaskGuidedKVSharing", "pair", (*SCHEDULE_KEYS, "thres", "ref_token_idx", "cur_token_idx", "mask_save_dir"),
         token_keys=(("ref_token_idx", SOURCE_PROMPTS), ("cur_token_idx", TARGET_PROMPTS)), steps_by_is_edit=True),
+    "ReferenceAttentionAdaLNMixin": ControllerSpec("ReferenceAttention", "pair", SCHEDULE_KEYS),
     "ReWeightAdaLNMixin": ControllerSpec(
         "TokenReweighting", "pair",
         (*SCHEDULE_KEYS, "reweight_token_idx", "reweight_scale", "reweight_kv_switch_step", "reweight_additive"),

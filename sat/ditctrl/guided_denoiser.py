@@ -22,15 +22,17 @@ class GuidedDenoiser:
     The dynamic-CFG scale takes two step counts, as the original's: `sampler_steps`, the sampler's
     (`model.sampler_config.params.num_steps`), and `cfg_steps`, the guider's own
     (`model.sampler_config.params.cfg_num_steps`, 50 in the original whatever the sampler's); see
-    `dynamic_cfg_scale`. `shift_scale` is the SNR shift of the table the sampler's alphas are snapped to:
-    the sampler's own (2B 3.0, 5B 1.0), as the original's denoiser.
+    `dynamic_cfg_scale`. With `dynamic_cfg` False the guidance scale is `cfg_scale` at every step (DDIM inversion
+    and its replay). `shift_scale` is the SNR shift of the table the sampler's alphas are snapped to: the
+    sampler's own (2B 3.0, 5B 1.0), as the original's denoiser.
     """
 
     def __init__(self, model, *, sampler_steps: int, cfg_steps: int, cfg_scale: float = 6.0, cfg_exp: float = 5.0,
-                 shift_scale: float = SHIFT_SCALE):
+                 shift_scale: float = SHIFT_SCALE, dynamic_cfg: bool = True):
         self.model = model
         self.cfg_scale, self.cfg_exp = cfg_scale, cfg_exp
         self.sampler_steps, self.cfg_steps = sampler_steps, cfg_steps
+        self.dynamic_cfg = dynamic_cfg
         self.table = denoiser_table(shift_scale)
 
     def __call__(self, x, step, alpha, timestep, cond, uncond, pair=None) -> torch.Tensor:
@@ -67,9 +69,14 @@ class GuidedDenoiser:
     def _timesteps(x2, timestep) -> torch.Tensor:
         return torch.full((x2.shape[0],), float(timestep), device=x2.device)
 
+    def guidance_scale(self, timestep) -> float:
+        """The classifier-free guidance scale at DDPM timestep `timestep`."""
+        if not self.dynamic_cfg:
+            return self.cfg_scale
+        return dynamic_cfg_scale(timestep, scale=self.cfg_scale, exp=self.cfg_exp, sampler_steps=self.sampler_steps,
+                                 cfg_steps=self.cfg_steps)
+
     def _guided_x0(self, x2, v, alpha, timestep) -> torch.Tensor:
         """v (2B, ...) of the batch x2 = [x; x] ([uncond; cond] rows) -> guided x0 (B, ...), fp32."""
         x0_uncond, x0_cond = split_guidance(v_to_x0(x2, v, quantize_alpha(alpha, self.table).item()))
-        scale = dynamic_cfg_scale(timestep, scale=self.cfg_scale, exp=self.cfg_exp, sampler_steps=self.sampler_steps,
-                                  cfg_steps=self.cfg_steps)
-        return guide(x0_uncond, x0_cond, scale)
+        return guide(x0_uncond, x0_cond, self.guidance_scale(timestep))

@@ -53,16 +53,17 @@ def build_transformer(network_params: dict, weights, device, dtype) -> Diffusion
     return model.eval().requires_grad_(False)
 
 
-def build_vae_decoder(cfg, device, dtype) -> CogVideoXVAE:
+def build_vae_decoder(cfg, device, dtype, keep_encoder: bool = False) -> CogVideoXVAE:
     """The VAE with the checkpoint's decoder on `device`; the encoder, unused when sampling, is checked by the
-    strict load on the CPU and then dropped."""
+    strict load on the CPU and then dropped, unless `keep_encoder` (editing the user's video) keeps it on `device`."""
     params = OmegaConf.to_container(cfg.model.first_stage_config.params)
     with OnMetaDevice():
         vae = CogVideoXVAE(**params).to(dtype)
-    vae.encoder.to_empty(device="cpu")
+    vae.encoder.to_empty(device=device if keep_encoder else "cpu")
     vae.decoder.to_empty(device=device)
     load_weights(vae, vae_source(weight_paths(cfg), params), "VAE")
-    vae.encoder = None
+    if not keep_encoder:
+        vae.encoder = None
     return vae.eval().requires_grad_(False)
 
 
@@ -96,7 +97,8 @@ def progress_bar(description: str):
 
 class Pipeline:
     """The models of one run, each loaded by an explicit call: T5 (`load_text_encoder`, `encode` any number of
-    prompt sets, `release_text_encoder`), then the DiT (`load_dit`) and the VAE decoder (`load_vae`)."""
+    prompt sets, `release_text_encoder`), then the DiT (`load_dit`) and the VAE decoder (`load_vae`; with its
+    encoder for `encode_frames` when editing the user's video, then `release_vae_encoder`)."""
 
     def __init__(self, cfg, device: str):
         self.cfg, self.args, self.device = cfg, cfg.args, torch.device(device)
@@ -131,8 +133,26 @@ class Pipeline:
                                      self.dtype)
         self.dit.compile_elementwise(self.args.compile_dit)
 
-    def load_vae(self) -> None:
-        self.vae = build_vae_decoder(self.cfg, "cpu" if self.offload else self.device, self.dtype)
+    def load_vae(self, keep_encoder: bool = False) -> None:
+        self.vae = build_vae_decoder(self.cfg, "cpu" if self.offload else self.device, self.dtype, keep_encoder)
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (F, H, W, 3) frames, F = 4k+1 -> their (1, k+1, C, H/8, W/8) fp32 latent as the DiT takes it
+        (posterior mean × scale factor), encoded in the run dtype on the run device, one chunk of frames at a
+        time. Needs `load_vae(keep_encoder=True)`."""
+        if self.vae is None or self.vae.encoder is None:
+            raise RuntimeError("load_vae(keep_encoder=True) before encode_frames()")
+        if self.offload:
+            self.vae.to(self.device)
+        video = frames.permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1  # (1, 3, F, H, W) in [-1, 1]
+        latent = self.vae.encode(video.to(self.device, self.dtype)).float() * self.scale_factor
+        if self.offload:
+            self.vae.to("cpu")
+        return latent.permute(0, 2, 1, 3, 4).contiguous()
+
+    def release_vae_encoder(self) -> None:
+        """Drop the VAE encoder once the source video is encoded (sampling and decoding never use it)."""
+        self.vae.encoder = None
 
     def guided(self) -> GuidedDenoiser:
         sampler = self.sampler_params

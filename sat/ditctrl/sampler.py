@@ -75,7 +75,7 @@ def shared_row_noise(x: torch.Tensor, first_step: bool) -> torch.Tensor:
     return torch.randn_like(x[0]).expand_as(x)
 
 
-def _run_sampler(denoise: Denoise, x: torch.Tensor, schedule: SamplingSchedule, update, progress) -> torch.Tensor:
+def run_sampler(denoise: Denoise, x: torch.Tensor, schedule: SamplingSchedule, update, progress) -> torch.Tensor:
     """Denoise at every step and apply `update(i, x, x0, x0_prev)` on all but the last, which returns its x0."""
     if x.dtype != torch.float32:
         raise ValueError(f"the sampler state must be float32, got x.dtype={x.dtype}")
@@ -104,4 +104,4 @@ def sample_dpmpp_2m_sde(
         noise = draw_noise(x, i == 0)
         return dpmpp_2m_sde_step(x, x0, x0_prev, alphas[i - 1] if i else None, alphas[i], alphas[i + 1], noise)
 
-    return _run_sampler(denoise, x, schedule, update, progress)
+    return run_sampler(denoise, x, schedule, update, progress)

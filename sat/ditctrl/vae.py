@@ -4,6 +4,7 @@ Tensors are (B, C, T, H, W). The encoder compresses ×8 in space and ×4 in time
 on its own, so F = 4(T-1)+1 frames map to T latent frames. ``decode`` takes latents already divided
 by the model config's ``scale_factor`` and, like SAT's ``sample_video.py``, decodes them in chunks
 [0:3], [3:5], [5:7], ... while every causal conv carries its last two input frames to the next chunk.
+``encode`` works the same way over frame chunks [0:9], [9:17], ... (diffusers' frame batching).
 """
 import math
 
@@ -15,6 +16,7 @@ GROUPS = 32
 EPS = 1e-6
 LOGVAR_RANGE = (-30.0, 20.0)
 SLICE_ELEMENTS = 2**30  # inputs above this many elements are convolved in time slices (SAT's SafeConv3d)
+ENCODE_CHUNK_FRAMES = 8  # video frames per encoder chunk after the first (diffusers' num_sample_frames_batch_size)
 
 
 def _conv_in_time_slices(conv, x: Tensor, kernel_t: int) -> Tensor:
@@ -271,6 +273,29 @@ class Decoder3D(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h, z), inplace=True))
 
 
+def encode_chunks(num_frames: int, chunk: int = ENCODE_CHUNK_FRAMES) -> list[tuple[int, int]]:
+    """Video frame chunks for encoding, as diffusers' `AutoencoderKLCogVideoX` batches them: `chunk` frames each,
+    the first also taking the remainder ([0:9], [9:17], ... for 49 frames); one chunk below 2·chunk frames."""
+    first = num_frames - chunk * (max(num_frames // chunk, 1) - 1)
+    return [(0, first)] + [(start, start + chunk) for start in range(first, num_frames, chunk)]
+
+
+def _run_in_chunks(module: nn.Module, x: Tensor, spans) -> Tensor:
+    """`module` over the time spans of x, each causal conv carrying its context from one span to the next;
+    the context is cleared afterwards, even on error."""
+    convs = [m for m in module.modules() if isinstance(m, CausalConv3d)]
+    try:
+        outputs = []
+        for i, (start, stop) in enumerate(spans):
+            for conv in convs:
+                conv.carry_context = i < len(spans) - 1
+            outputs.append(module(x[:, :, start:stop]))
+        return torch.cat(outputs, dim=2)
+    finally:
+        for conv in convs:
+            conv.carry_context, conv.context = False, None
+
+
 def decode_chunks(num_frames: int) -> list[tuple[int, int]]:
     """SAT's latent chunks for decoding: [0:3], [3:5], [5:7], ...; [0:1] for a single frame."""
     if num_frames == 1:
@@ -309,14 +334,18 @@ class CogVideoXVAE(nn.Module):
         return x.to(device=param.device, dtype=param.dtype)
 
     @torch.no_grad()
-    def encode(self, x: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
-        """Video x (B, 3, F, H, W) in [-1, 1], F = 4k+1 -> latent (B, 16, k+1, H/8, W/8), in one call like SAT.
+    def encode(self, x: Tensor, sample: bool = False, generator: torch.Generator | None = None,
+               chunked: bool = True) -> Tensor:
+        """Video x (B, 3, F, H, W) in [-1, 1], F = 4k+1 -> latent (B, 16, k+1, H/8, W/8).
 
-        Returns the posterior mean, or with `sample` a draw mean + exp(logvar/2)·ε (ε from `generator`,
-        which must live on the module's device).
+        `chunked` encodes the `encode_chunks` (GroupNorm statistics per chunk, one chunk's activations in memory:
+        a 49-frame clip in about a fifth of one call's memory), as diffusers' default encode does; otherwise all
+        frames in one call, like SAT. Returns the posterior mean, or with `sample` a draw mean + exp(logvar/2)·ε
+        (ε from `generator`, which must live on the module's device).
         """
         self._check_video(x)
-        mean, logvar = self.encoder(self._cast(x)).chunk(2, dim=1)
+        spans = encode_chunks(x.shape[2]) if chunked else [(0, x.shape[2])]
+        mean, logvar = _run_in_chunks(self.encoder, self._cast(x), spans).chunk(2, dim=1)
         if not sample:
             return mean
         std = torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE))
@@ -330,19 +359,8 @@ class CogVideoXVAE(nn.Module):
         otherwise all frames in one call. The carried context is cleared afterwards, even on error.
         """
         self._check_latent(z)
-        z = self._cast(z)
         spans = decode_chunks(z.shape[2]) if chunked else [(0, z.shape[2])]
-        convs = [m for m in self.decoder.modules() if isinstance(m, CausalConv3d)]
-        try:
-            frames = []
-            for i, (start, stop) in enumerate(spans):
-                for conv in convs:
-                    conv.carry_context = i < len(spans) - 1
-                frames.append(self.decoder(z[:, :, start:stop]))
-            return torch.cat(frames, dim=2)
-        finally:
-            for conv in convs:
-                conv.carry_context, conv.context = False, None
+        return _run_in_chunks(self.decoder, self._cast(z), spans)
 
     def _check_video(self, x: Tensor) -> None:
         s, t = self.spatial_factor, self.temporal_factor

@@ -1,15 +1,19 @@
-"""Writing sampled frames as mp4 files, named like the original's outputs."""
+"""Writing sampled frames as mp4 files, named like the original's outputs; reading videos back (mp4 and anything
+else ffmpeg decodes, GIF through Pillow), one frame at a time."""
+import contextlib
 import errno
 import os
 import re
 import sys
 import tempfile
-from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Optional
 
 import imageio
 import imageio_ffmpeg
 import numpy as np
 import torch
+from PIL import Image, ImageSequence
 
 from .output_files import OutputCheckError, first_line, write_file
 
@@ -17,6 +21,8 @@ from .output_files import OutputCheckError, first_line, write_file
 OS_CAUSES = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
                                                  errno.EIO))
 _LOG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")  # "[out#0/mp4 @ 0x55…] " before ffmpeg's messages
+GIF_SIGNATURE = b"GIF8"
+GIF_DEFAULT_DURATION_MS = 100  # what browsers show a GIF frame of 0-10 ms for
 
 
 def ffmpeg_cause(text: str) -> str | None:
@@ -30,7 +36,7 @@ def ffmpeg_cause(text: str) -> str | None:
     return lines[-1] if lines else None
 
 
-@contextmanager
+@contextlib.contextmanager
 def _stderr_of_started_processes(into: list):
     """Point file descriptor 2 at a temporary file in the block, so that ffmpeg (which imageio's writer starts with
     our stderr) prints into it instead of on the terminal; the text is appended to `into` when the block ends."""
@@ -93,3 +99,98 @@ def write_mp4(path: str, frames: torch.Tensor, fps: int) -> str:
 def side_by_side(videos: torch.Tensor) -> torch.Tensor:
     """(B, F, H, W, 3) -> (F, H, B·W, 3): the batch's videos next to each other, row 0 on the left."""
     return torch.cat(list(videos), dim=2)
+
+
+class VideoClip(NamedTuple):
+    frames: torch.Tensor  # uint8 (F, H, W, 3) RGB
+    fps: float
+
+
+class TimedFrame(NamedTuple):
+    time: float         # seconds from the start of the video
+    duration: float     # seconds it is shown
+    image: np.ndarray   # uint8 (H, W, 3) RGB
+
+
+@dataclass
+class VideoStream:
+    """A video being decoded: its frame size (known before any frame is decoded) and its frames, one at a time."""
+    width: int
+    height: int
+    fps: Optional[float]  # None for a GIF: each frame has its own duration
+    frames: Iterator[TimedFrame]
+
+
+def _ffmpeg_refusal(path: str, error: Exception) -> ValueError:
+    """One line for a file ffmpeg does not open: no video stream in it, or not a video it can read."""
+    log = str(error).split("=== stderr ===")[-1]
+    if "Stream #" in log and "Video:" not in log:
+        return ValueError(f"{path} holds no video stream")
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    return ValueError(f"cannot read {path} as a video (ffmpeg: {lines[-1] if lines else first_line(error)})")
+
+
+def _ffmpeg_stream(path: str, stack: contextlib.ExitStack) -> VideoStream:
+    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
+    stack.callback(reader.close)  # stops ffmpeg when the caller has the frames it needs
+    try:
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration) as error:
+        raise _ffmpeg_refusal(path, error) from None
+    (width, height), fps = meta["size"], meta.get("fps") or 0
+    if not fps > 0:
+        raise ValueError(f"cannot read {path} as a video: it gives no frame rate")
+
+    def frames():
+        try:
+            for index, data in enumerate(reader):
+                image = np.frombuffer(data, np.uint8).reshape(height, width, 3)
+                yield TimedFrame(index / fps, 1 / fps, image)
+        except (OSError, RuntimeError) as error:
+            raise ValueError(f"cannot read {path} as a video (ffmpeg: {first_line(error)})") from None
+
+    return VideoStream(width, height, float(fps), frames())
+
+
+def _gif_stream(path: str, stack: contextlib.ExitStack) -> VideoStream:
+    """A GIF through Pillow: palette frames are converted to RGB, each frame keeps its own duration."""
+    try:
+        gif = stack.enter_context(Image.open(path))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read {path} as a GIF ({first_line(error)})") from None
+
+    def frames():
+        time = 0.0
+        try:
+            for frame in ImageSequence.Iterator(gif):
+                milliseconds = frame.info.get("duration") or 0
+                duration = (milliseconds if milliseconds > 10 else GIF_DEFAULT_DURATION_MS) / 1000
+                yield TimedFrame(time, duration, np.asarray(frame.convert("RGB")))
+                time += duration
+        except (OSError, ValueError, EOFError, Image.DecompressionBombError) as error:
+            raise ValueError(f"cannot read {path} as a GIF ({first_line(error)})") from None
+
+    return VideoStream(*gif.size, None, frames())
+
+
+@contextlib.contextmanager
+def open_video(path: str):
+    """The `VideoStream` of a video file; FileNotFoundError or one-line ValueErrors for what cannot be read."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes)")
+    with open(path, "rb") as file:
+        is_gif = file.read(len(GIF_SIGNATURE)) == GIF_SIGNATURE
+    with contextlib.ExitStack() as stack:
+        yield (_gif_stream if is_gif else _ffmpeg_stream)(path, stack)
+
+
+def read_video(path: str) -> VideoClip:
+    """All frames of a video file (mp4, GIF, anything ffmpeg decodes) and its frame rate."""
+    with open_video(path) as stream:
+        frames = list(stream.frames)
+    if not frames:
+        raise ValueError(f"{path} holds no frames")
+    end = frames[-1].time + frames[-1].duration
+    return VideoClip(torch.from_numpy(np.stack([frame.image for frame in frames])), stream.fps or len(frames) / end)

@@ -3,11 +3,12 @@ from ..controllers import CONTROLLERS as CONTROLLER_SPECS
 from .control import AttentionController, ControlSchedule
 from .kv_sharing import KVSharing
 from .mask_guided import MaskGuidedKVSharing
+from .reference import ReferenceAttention
 from .reweight import TokenReweighting
 from .visualize import AttentionVisualizer
 
-__all__ = ["AttentionController", "ControlSchedule", "KVSharing", "MaskGuidedKVSharing", "TokenReweighting",
-           "AttentionVisualizer", "CONTROLLERS", "build_controller"]
+__all__ = ["AttentionController", "ControlSchedule", "KVSharing", "MaskGuidedKVSharing", "ReferenceAttention",
+           "TokenReweighting", "AttentionVisualizer", "CONTROLLERS", "build_controller"]
 
 CONTROLLERS = {name: globals()[spec.class_name] for name, spec in CONTROLLER_SPECS.items()}
 
