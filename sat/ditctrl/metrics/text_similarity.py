@@ -30,3 +30,16 @@ def text_similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor, parts
     similarity = frame_text_similarity(image_embeds, text_embeds)
     per_prompt = tuple(float(similarity[p, list(frames)].mean()) for p, frames in enumerate(parts.members))
     return TextSimilarity(per_prompt, sum(per_prompt) / len(per_prompt))
+
+
+def video_text_similarity(clip, tokenizer, pooled: torch.Tensor, parts: PromptParts) -> TextSimilarity:
+    """The text similarity of a video from its frames' (F, D) vision pooler outputs, with a whole CLIP."""
+    from .clip_features import project_images, text_embeddings
+
+    return text_similarity(project_images(clip, pooled), text_embeddings(clip, tokenizer, parts.prompts), parts)
+
+
+def cut_prompt_notes(prompts, counts, limit: int) -> list[str]:
+    """One note per prompt longer than CLIP's `limit` tokens (counted with its start and end tokens)."""
+    return [f"note: prompt {p + 1} has {count} CLIP tokens; CLIP reads the first {limit} (\"{prompt[:40]}…\")"
+            for p, (prompt, count) in enumerate(zip(prompts, counts)) if count > limit]
