@@ -31,6 +31,7 @@ ISOLATED_METHOD = "Isolated"
 METHOD_NAMES = {"KVSharingAdaLNMixin": "DiTCtrl", "KVSharingMaskGuidedAdaLNMixin": "DiTCtrl (mask-guided)",
                 "BaseAdaLNMixin": "Latent blending only"}
 ONE_PROCESS = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+LAUNCHER_ONLY = ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # the batch's ranks', never a case's
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def fingerprint(run: CaseRun, videos) -> str:
         digest = hashlib.sha256(params.read())
     for _, path in videos:
         status = os.stat(path)
-        digest.update(f"{path}:{status.st_size}:{status.st_mtime_ns}".encode())
+        digest.update(f"{os.path.relpath(path, run.output_dir)}:{status.st_size}:{status.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
@@ -144,7 +145,8 @@ def generate(run: CaseRun, log_path: str, gpu: str | None = None) -> str | None:
     stops the case (and is raised again here) once it has cleaned up.
     """
     environment = {**os.environ, **ONE_PROCESS}
-    environment.pop("TORCHELASTIC_RUN_ID", None)
+    for launcher_variable in LAUNCHER_ONLY:  # a case is one process: SAT then picks a free port of its own
+        environment.pop(launcher_variable, None)
     environment.setdefault("GOMP_SPINCOUNT", "1000")
     if gpu is not None:
         environment["CUDA_VISIBLE_DEVICES"] = gpu
