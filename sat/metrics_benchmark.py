@@ -50,21 +50,23 @@ def rose_videos() -> list:
     """(name, frames, prompt parts): the long video and the isolated clips."""
     videos = [("rose", panning_video(ROSE_LAYOUT.video_frames, 0),
                long_video_parts(ROSE_LAYOUT, [f"prompt {p}" for p in range(PROMPTS)]))]
-    return videos + [(f"isolated {p}", panning_video(CLIP_FRAMES, p + 1), clip_sequence_parts([f"prompt {p}"], CLIP_FRAMES))
-                     for p in range(PROMPTS)]
+    return videos + [(f"isolated {p}", panning_video(CLIP_FRAMES, p + 1),
+                      clip_sequence_parts([f"prompt {p}"], CLIP_FRAMES)) for p in range(PROMPTS)]
 
 
 def _clip_metrics(device: str, videos: list) -> int:
     from transformers import CLIPConfig, CLIPModel
 
     clip = CLIPModel(CLIPConfig()).eval().to(device)  # ViT-B/32, 224 px, 77 text tokens
-    tokens = torch.randint(0, clip.config.text_config.vocab_size, (PROMPTS, 77), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, clip.config.text_config.vocab_size, (PROMPTS, 77),
+                           generator=torch.Generator().manual_seed(0))
     scored = 0
     with torch.no_grad():
         for _, frames, parts in videos:
             pooled = frame_features(clip, frames, 224)
             cscv_score(pooled.numpy())
-            texts = clip.text_projection(clip.text_model(input_ids=tokens[:len(parts.prompts)].to(device)).pooler_output)
+            pooled_text = clip.text_model(input_ids=tokens[:len(parts.prompts)].to(device)).pooler_output
+            texts = clip.text_projection(pooled_text)
             text_similarity(project_images(clip, pooled), texts.float().cpu(), parts)
             scored += len(frames)
     return scored

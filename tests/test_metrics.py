@@ -18,7 +18,7 @@ from ditctrl.config import load_config
 from ditctrl.metrics.amt import AMTS
 from ditctrl.metrics.clip_features import frame_features, load_clip, load_clip_vision
 from ditctrl.metrics.clip_input import CLIP_MEAN, CLIP_STD, center_crop_arr, clip_pixels
-from ditctrl.metrics.cscv import adjacent_similarities, cscv_score
+from ditctrl.metrics.cscv import cscv_score
 from ditctrl.metrics.motion_smoothness import interpolated_odd_frames, motion_smoothness, padding
 from ditctrl.metrics.prompt_parts import clip_sequence_parts, long_video_parts, parts_from_params
 from ditctrl.metrics.text_similarity import video_text_similarity

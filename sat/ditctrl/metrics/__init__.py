@@ -2,6 +2,7 @@
 
 One job per module:
 
+* `command_line`: the scripts' shared options and one-line argument errors, result-file names;
 * `model_files`: where the CLIP and AMT-S weights are (local folders and files only), checked before any model work;
 * `video_inputs`: the videos a command scores, each read and checked (at least 3 frames) before any model work;
 * `clip_input`: frames -> ADM centre crop -> CLIP-normalised pixels;

@@ -108,7 +108,7 @@ def generate_share(batch: Batch, resolved: dict, ranks: Ranks) -> dict:
         started = time.monotonic()
         reason = generate(run, log, rank_gpu(ranks))
         outcome[run.name] = ("done", None) if reason is None else ("failed", reason)
-        _say(ranks, f"{tag}: done in {time.monotonic() - started:.0f} s" if reason is None else f"{tag}: failed: {reason}")
+        _say(ranks, f"{tag}: failed: {reason}" if reason else f"{tag}: done in {time.monotonic() - started:.0f} s")
     return outcome
 
 
@@ -173,8 +173,9 @@ def score_share(batch: Batch, resolved: dict, ranks: Ranks, outcome: dict, load_
             except (ValueError, FileNotFoundError) as error:
                 record.update(status="failed", reason=f"scoring: {first_line(error)}", videos=[])
             except Exception as error:  # noqa: BLE001 - one case's fault must not stop the others
+                where = write_internal_log(error)
                 record.update(status="failed", videos=[], reason=f"scoring: internal error ({type(error).__name__}: "
-                                                                 f"{first_line(error)}); full log: {write_internal_log(error)}")
+                                                                 f"{first_line(error)}); full log: {where}")
             if record["status"] == "failed":
                 _say(ranks, f"{tag}: failed: {record['reason']}")
         os.makedirs(batch.case_folder(run), exist_ok=True)
@@ -213,7 +214,8 @@ def collect(batch: Batch, run_id: str) -> int:
     markdown = results_markdown(records, rows, HEADING)
     written.append(write_text(os.path.join(batch.out, "results.md"), markdown))
     if rows:
-        written.append(comparison_figure(displayed_summary(rows), metric_titles(), os.path.join(batch.out, "results.png")))
+        figure = os.path.join(batch.out, "results.png")
+        written.append(comparison_figure(displayed_summary(rows), metric_titles(), figure))
     failed = sum(record["status"] == "failed" for record in records)
     print("\n" + markdown)
     print("wrote " + ", ".join(written))

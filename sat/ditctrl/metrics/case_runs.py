@@ -155,7 +155,7 @@ def generate(run: CaseRun, log_path: str, gpu: str | None = None) -> str | None:
         log.flush()
         process = subprocess.Popen([sys.executable, os.path.join(SAT_DIR, "sample_video.py"), *run.argv],
                                    cwd=REPO_DIR, env=environment, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # Ctrl-C reaches it once, from here
+                                   stderr=subprocess.STDOUT, start_new_session=True)  # Ctrl-C: from here, once
         try:
             status = process.wait()
         except (KeyboardInterrupt, Terminated):

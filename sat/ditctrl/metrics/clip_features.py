@@ -17,7 +17,8 @@ FRAME_BATCH = 32
 
 @contextmanager
 def _quiet_transformers():
-    """No 'weights not used' warnings while loading (a whole CLIP's text weights when only its vision tower is built)."""
+    """No 'weights not used' warnings while loading (a whole CLIP's text weights when only its vision tower is
+    built)."""
     from transformers.utils import logging
 
     level = logging.get_verbosity()

@@ -16,7 +16,8 @@ DEFAULT_AMT_PATHS = (os.path.join(REPO_DIR, "checkpoints", "amt-s.pth"),
 AMT_DOWNLOAD = ("hf download lalala125/AMT amt-s.pth --local-dir checkpoints (the AMT-S weights VBench's motion "
                 "smoothness uses)")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-CLIP_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+CLIP_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
 CLIP_TOKENIZERS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 
 

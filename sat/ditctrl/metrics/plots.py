@@ -61,7 +61,8 @@ def tsne_figure(points: np.ndarray, parts: PromptParts | None, path: str) -> str
 
 def _shade_parts(ax, parts: PromptParts) -> None:
     for p, frames in enumerate(parts.members):
-        ax.axvspan(frames[0], frames[-1], color=_colour(p), alpha=0.12, linewidth=0, label=_prompt_label(p, parts.prompts[p]))
+        ax.axvspan(frames[0], frames[-1], color=_colour(p), alpha=0.12, linewidth=0,
+                   label=_prompt_label(p, parts.prompts[p]))
     for index, frames in enumerate(parts.transitions):
         ax.axvspan(frames[0], frames[-1], facecolor="none", edgecolor=TRANSITION_COLOUR, hatch="//", linewidth=0,
                    alpha=0.5, label="transition windows" if index == 0 else None)

@@ -83,7 +83,8 @@ def results_markdown(records: list, rows: list, heading: str) -> str:
              f"{len(records) - len(failed)} of {len(records)} cases scored. Mean ± std (population) over the cases; "
              "CSCV and motion smoothness × 100, as the paper's Table 1 reads them (× 100 is our reading for CSCV); "
              "text similarity is CLIP cosine × 100 (docs/metrics.md).", "",
-             summary_table(displayed_summary(rows)), "", "## CSCV by kind of transition (× 100)", "", transition_table(rows)]
+             summary_table(displayed_summary(rows)), "", "## CSCV by kind of transition (× 100)", "",
+             transition_table(rows)]
     if failed:
         parts += ["", "## Failed cases", ""] + [f"- {record['case']}: {record['reason']}" for record in failed]
     return "\n".join(parts) + "\n"
