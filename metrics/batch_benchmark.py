@@ -78,10 +78,15 @@ def main(argv=None):
 
     ranks = this_process()
     run_id = batching.batch_run_id()
-    coordinator = options.gpus > 1 and "WORLD_SIZE" not in os.environ
+    coordinator = options.gpus > 1 and ranks.size == 1  # starts the ranks; a rank has WORLD_SIZE > 1
     with user_errors():
         if options.gpus < 1 or options.amt_batch_size < 1:
             raise ValueError("--gpus and --amt_batch_size must be >= 1")
+        if coordinator:
+            import torch
+            if torch.cuda.is_available() and options.gpus > torch.cuda.device_count():
+                raise ValueError(f"--gpus {options.gpus} asks for more processes than this machine has CUDA devices "
+                                 f"({torch.cuda.device_count()})")
         clip_folder = checked_clip(options, with_text=True)
         amt_path = amt_checkpoint(options.amt_path)
         settings = {"clip": os.path.abspath(clip_folder), "amt": os.path.abspath(amt_path),
@@ -110,8 +115,9 @@ def main(argv=None):
                 return 0
         failed = batching.collect(batch, run_id)
     except (KeyboardInterrupt, Terminated) as stop:
-        print(f"{'interrupted' if isinstance(stop, KeyboardInterrupt) else 'terminated'}: {INTERRUPTED}",
-              file=sys.stderr)
+        if ranks.size == 1:  # the ranks end quietly; the process that started them says it once
+            print(f"{'interrupted' if isinstance(stop, KeyboardInterrupt) else 'terminated'}: {INTERRUPTED}",
+                  file=sys.stderr)
         sys.exit(130 if isinstance(stop, KeyboardInterrupt) else 143)
     finally:
         if lock is not None:
