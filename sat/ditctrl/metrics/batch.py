@@ -9,6 +9,7 @@ results table never mixes in a stale record. A case is skipped when its videos a
 its resolved config is unchanged (`case_runs.is_complete`); its scores are reused when its params.yaml, videos
 and the metric settings are unchanged. Every progress line is one line per case.
 """
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -135,16 +136,17 @@ def score_case(batch: Batch, run: CaseRun, resolved, models) -> list:
     return entries
 
 
-def _reusable_videos(batch: Batch, run: CaseRun, key: str) -> list | None:
-    from omegaconf import OmegaConf
-
-    path = batch.record_path(run)
-    if not os.path.isfile(path):
-        return None
+def _read_record(path: str) -> dict:
+    """A case's record; {} when there is none or it does not read (the case is then scored again)."""
     try:
-        record = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception:  # noqa: BLE001 - an unreadable record is scored again
-        return None
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return {}
+
+
+def _reusable_videos(batch: Batch, run: CaseRun, key: str) -> list | None:
+    record = _read_record(batch.record_path(run))
     same = record.get("fingerprint") == key and record.get("settings") == batch.settings and record.get("videos")
     return record["videos"] if same else None
 
@@ -191,12 +193,9 @@ def run_share(batch: Batch, resolved: dict, ranks: Ranks, load_models, run_id: s
 
 def read_records(batch: Batch, run_id: str) -> list:
     """Every case's record of this batch run; a case without one failed (its rank stopped before it)."""
-    from omegaconf import OmegaConf
-
     records = []
     for run in batch.runs:
-        path = batch.record_path(run)
-        record = OmegaConf.to_container(OmegaConf.load(path)) if os.path.isfile(path) else {}
+        record = _read_record(batch.record_path(run))
         if record.get("run_id") != run_id:
             record = {"case": run.name, "transition": run.transition, "status": "failed", "videos": [],
                       "reason": "no record from this batch run (its rank stopped before the case ended)"}
