@@ -161,3 +161,17 @@ def test_bad_batch_input_is_one_line_before_any_case_runs(tmp_path, models, monk
     ]:
         assert re.search(expected, one_line_error(capsys, main, arguments)), arguments
     assert not (tmp_path / "out").exists()
+
+
+def test_the_prompt_sets_pass_the_config_checks_and_name_their_kind_of_transition(tmp_path):
+    from collections import Counter
+
+    from ditctrl.metrics.batch import prepare_batch
+
+    folder = os.path.join(REPO, "inference_case_configs", "prompt_sets")
+    prepared, resolved = prepare_batch([folder], str(tmp_path), "2b", True, [], {}, 32, 4)
+    kinds = Counter(run.transition for run in prepared.runs)
+    assert len(prepared.runs) >= 30 and len(kinds) >= 8 and "unspecified" not in kinds
+    for run in prepared.runs:
+        _, plan = resolved[run.name]
+        assert 2 <= len(plan.prompts) <= 3 and plan.isolated  # multi-prompt, with the isolated baseline
