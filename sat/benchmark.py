@@ -4,6 +4,7 @@
     python sat/benchmark.py --steps 5 --repeats 3   # quicker: 50-step totals are extrapolated (and say so)
     python sat/benchmark.py --tiny                  # the tiny CPU config (the default without CUDA)
     python sat/benchmark.py --model 5b              # CogVideoX-5B size on CUDA, bf16
+    python sat/benchmark.py --metrics               # the video metrics' speed (sat/metrics_benchmark.py)
 
 Sections (each can be left out with --skip):
   forward      one DiT forward at batch 4 (13 latent frames, full latent grid and text length) with
@@ -721,6 +722,8 @@ def parse_options(argv):
     parser.add_argument("--load-check", action="store_true",
                         help="write (once) a full-size fp16 transformer checkpoint and load it on the CPU: seconds, "
                              "peak RSS vs the file size")
+    parser.add_argument("--metrics", action="store_true",
+                        help="score rose's videos (synthetic, 480x720) with CLIP ViT-B/32 and AMT-S: sat/metrics_benchmark.py")
     parser.add_argument("--gpu-check", action="store_true",
                         help="the quick check of sat/gpu_check.sh: random weights made on the device, no checkpoint")
     options = parser.parse_args(argv)
@@ -771,6 +774,12 @@ def main(argv=None) -> dict:
     options = parse_options(argv)
     if options.load_check:
         return load_check(options)
+    if options.metrics:
+        from metrics_benchmark import metrics_benchmark
+        results, lines = metrics_benchmark()
+        write_text(options.out, json.dumps({"metrics": results}, indent=2))
+        print("\n".join(lines))
+        return results
     if options.gpu_check:
         return gpu_check(options)
     cfg = benchmark_config(options)

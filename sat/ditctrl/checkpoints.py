@@ -158,9 +158,15 @@ def read_transformer_state_dict(folder):
     return {key: value for key, value in weights.items() if key not in AUXILIARY_DIT_KEYS}
 
 
+def read_wrapped_state_dict(path, wrapper_keys=("state_dict",)):
+    """The weights in a torch checkpoint file under the first of `wrapper_keys` it holds; an unreadable file, or one
+    without them, is one ValueError naming it."""
+    return _unwrap(_read_torch_file(path), path, wrapper_keys)
+
+
 def read_vae_state_dict(path):
     """VAE weights (``encoder.*``, ``decoder.*``) from ``3d-vae.pt``, without the training-only ``loss.*``."""
-    weights = _unwrap(_read_torch_file(path), path, ("state_dict",))
+    weights = read_wrapped_state_dict(path)
     return {key: value for key, value in weights.items() if not key.startswith(VAE_TRAINING_PREFIX)}
 
 
