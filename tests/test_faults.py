@@ -389,6 +389,23 @@ def test_a_folder_above_or_below_one_another_run_holds_is_refused(capsys, tmp_pa
         holder.wait()
 
 
+def test_a_lock_above_held_by_the_process_that_started_the_run_is_its_own_job(tmp_path):
+    """A run started by the process holding a folder above its own (the metrics batch run: its results folder, each
+    case's run in a folder below) may claim its folder; a process that did not start it holds the same folder in
+    the test above and is refused."""
+    from ditctrl.output_files import OutputRun
+
+    (tmp_path / "batch" / "case").mkdir(parents=True)
+    child = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from ditctrl.output_files import "
+             "OutputRun\nwith OutputRun() as run: run.claim(sys.argv[2])", SAT, str(tmp_path / "batch" / "case")]
+    with OutputRun() as run:
+        run.claim(str(tmp_path / "batch"))
+        assert subprocess.run(child, capture_output=True, text=True).returncode == 0
+        grandchild = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)",
+                      *child]
+        assert subprocess.run(grandchild, capture_output=True, text=True).returncode == 0
+
+
 def test_a_stale_lock_below_the_output_dir_is_reported_like_any_other(capsys, tmp_path):
     (tmp_path / "out" / "isolated").mkdir(parents=True)
     holder = hold_lock(tmp_path / "out" / "isolated", 60)

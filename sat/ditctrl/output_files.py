@@ -179,6 +179,28 @@ def locks_around(folder: str) -> list:
     return [path for path in above if os.path.isfile(path)] + sorted(below)
 
 
+def _ancestor_pids() -> set:
+    """The process ids of this process's parent, its parent, and so on (Linux's /proc; else the parent alone)."""
+    ancestors, pid = set(), os.getppid()
+    while pid > 1 and pid not in ancestors:
+        ancestors.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as file:
+                pid = int(file.read().rsplit(")", 1)[1].split()[1])  # the field after the command name's ')'
+        except (OSError, ValueError, IndexError):
+            break
+    return ancestors
+
+
+def _held_by_our_job(lock_path: str, folder: str) -> bool:
+    """Whether the lock at `lock_path`, in a folder above `folder`, is held by a process that started this one (a
+    batch run writing each case into a folder of its own below its results), so it guards the same job."""
+    owner = _lock_owner(lock_path)
+    return (os.path.dirname(lock_path) != folder and _inside(os.path.dirname(lock_path), folder)
+            and owner.get("host") == socket.gethostname() and owner.get("pid") in _ancestor_pids()
+            and _is_held(lock_path))
+
+
 def _parents(folder: str) -> list:
     parents = []
     while (parent := os.path.dirname(folder)) != folder:
@@ -299,7 +321,7 @@ class OutputRun:
             with _signals_deferred():  # a lock taken is a lock recorded, so it is always released
                 self.locks[folder] = lock_folder(folder, key)
             for lock_path in locks_around(folder):
-                if os.path.dirname(lock_path) not in self.locks:
+                if os.path.dirname(lock_path) not in self.locks and not _held_by_our_job(lock_path, folder):
                     raise FolderInUseError(_refusal(key, folder, lock_path))
 
     def files_left_as_they_were(self) -> list:

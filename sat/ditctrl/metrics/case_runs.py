@@ -20,7 +20,7 @@ from ..config import PARAMS_FILE, expand_prompts, parse_run_cli, validate_model
 from ..entry_points import ENTRY_POINTS, check_run, plan_run
 from ..errors import Terminated
 from ..synthetic_folders import ensure_synthetic_checkpoints
-from ..weights import SAT_DIR, check_weight_files
+from ..weights import SAT_DIR, check_weight_files, resolve_model
 
 REPO_DIR = os.path.dirname(SAT_DIR)
 ENTRY = "sample_video"
@@ -72,14 +72,15 @@ def case_run(case_file: str, out: str, model: str, tiny: bool, overrides) -> Cas
 def resolve(run: CaseRun):
     """(cfg, plan): the config the run will write as params.yaml, and its planned files; bad input raises
     (ValueError / FileNotFoundError, one line). With --tiny the random weights are written here on first use."""
-    cfg, tiny = parse_run_cli(list(run.argv))
-    validate_model(cfg)
+    cfg, tiny, requested = parse_run_cli(list(run.argv))
+    cfg, origins = resolve_model(cfg, requested)  # a diffusers folder's model shape, as the run records it
+    validate_model(cfg, origins)
     prompts = expand_prompts(cfg.args)
     if tiny:
         ensure_synthetic_checkpoints(cfg)
-    check_weight_files(cfg)  # a diffusers folder's model shape goes into cfg.model, as the run records it
+    check_weight_files(cfg)
     entry = ENTRY_POINTS[ENTRY]
-    check_run(entry, cfg, prompts)
+    check_run(entry, cfg, len(prompts))
     return cfg, plan_run(entry, cfg.args, prompts)
 
 
